@@ -1,0 +1,55 @@
+# Every target installs what it needs first, so any of them works as the first command on a clone.
+PYTHON_BOOT ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+PROFILE     ?= smoke
+RESULTS     ?= results
+SWEEP_ARGS  ?=
+SWEEP       := RAY_AUTH_MODE=disabled RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 $(PY) -m harness.sweep
+
+.PHONY: install test test-slow mlflow-ui clean \
+        ablation-table1 ablation-table2 ablation-table3 ablation-table4 ablation-table5 \
+        ablation-table6 ablation-table7 ablation-shift-ratio ablation-table12
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	RAY_AUTH_MODE=disabled RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 $(PY) -m pytest -q tests
+
+# The full-paper size checks for every row of Tables 1-4, 6, 7 (minutes on 2 cores).
+test-slow: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m slow tests
+
+ablation-table1: $(STAMP)
+	$(SWEEP) ablations/table1_bninception_branch.yaml --profile $(PROFILE) --results-dir $(RESULTS) $(SWEEP_ARGS)
+ablation-table2: $(STAMP)
+	$(SWEEP) ablations/table2_bninception_shift_ratio.yaml --profile $(PROFILE) --results-dir $(RESULTS) $(SWEEP_ARGS)
+ablation-table3: $(STAMP)
+	$(SWEEP) ablations/table3_resnet50_placement.yaml --profile $(PROFILE) --results-dir $(RESULTS) $(SWEEP_ARGS)
+ablation-table4: $(STAMP)
+	$(SWEEP) ablations/table4_resnet50_shift_ratio.yaml --profile $(PROFILE) --results-dir $(RESULTS) $(SWEEP_ARGS)
+ablation-table5: $(STAMP)
+	$(SWEEP) ablations/table5_components.yaml --profile $(PROFILE) --results-dir $(RESULTS) $(SWEEP_ARGS)
+ablation-table6: $(STAMP)
+	$(SWEEP) ablations/table6_bninception_num_gsf.yaml --profile $(PROFILE) --results-dir $(RESULTS) $(SWEEP_ARGS)
+ablation-table7: $(STAMP)
+	$(SWEEP) ablations/table7_resnet50_num_gsf.yaml --profile $(PROFILE) --results-dir $(RESULTS) $(SWEEP_ARGS)
+ablation-shift-ratio: $(STAMP)
+	$(SWEEP) ablations/shift_ratio.yaml --profile $(PROFILE) --results-dir $(RESULTS) $(SWEEP_ARGS)
+ablation-table12: $(STAMP)
+	$(SWEEP) ablations/table12_latency.yaml --profile $(PROFILE) --results-dir $(RESULTS) --measure-only $(SWEEP_ARGS)
+
+# The MLflow UI over the sweeps' store (sqlite under $(RESULTS) unless MLFLOW_TRACKING_URI is set).
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
+	  --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(abspath $(RESULTS))/mlflow.db}
+
+clean:
+	rm -rf $(RESULTS) .pytest_cache

@@ -1,0 +1,24 @@
+"""Per-frame 2D backbones with insertion points for a temporal module.
+
+Every builder has the signature::
+
+    build_X(insert, placement, num_blocks, pretrained, width_mult) -> nn.Module
+
+- ``insert(channels) -> nn.Module``: makes the temporal module for a point with that many
+  channels (``None``: plain TSN backbone, nothing inserted).
+- ``placement``: where in each block the module goes (backbone-specific words, listed in
+  ``PLACEMENTS``).
+- ``num_blocks``: only the last N blocks get a module (``None``: all of them).
+- ``pretrained``: path of a local ImageNet state dict (never downloaded), or ``None``.
+- ``width_mult``: scales every channel count (small models for CPU smoke runs; 1.0 = the paper's).
+
+The returned module maps frames ``(N*T, 3, H, W)`` to pooled features ``(N*T, D)`` and has an
+attribute ``num_features = D``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+Insert = Callable[[int], nn.Module]

@@ -1,0 +1,112 @@
+"""The TSN video classifier and ``build_model``, the one entry point the harness uses.
+
+Add your own temporal module or backbone by registering it in ``TEMPORAL_MODULES`` or
+``BACKBONES``; a spec can then name it in its ``model`` section.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .backbones.bninception import build_bninception
+from .backbones.inception_v3 import build_inception_v3
+from .backbones.resnet import build_resnet18, build_resnet34, build_resnet50, build_resnet101
+from .modules import GSF, SpatioTemporalShift, TemporalShift
+
+# name -> factory(channels, num_frames, **options) -> nn.Module. ``options`` always holds
+# shift_ratio, gating, fusion and channel_shuffle, plus the spec's ``module_options``;
+# a factory takes what it needs.
+TEMPORAL_MODULES: dict[str, Callable[..., nn.Module] | None] = {
+    "gsf": lambda c, t, shift_ratio, gating, fusion, channel_shuffle, **_: GSF(
+        c, t, shift_ratio, gating, fusion, channel_shuffle),
+    "gsm": lambda c, t, shift_ratio, gating, channel_shuffle, **_: GSF(
+        c, t, shift_ratio, gating, "sum", channel_shuffle),
+    "tsm": lambda c, t, fold_div=8, **_: TemporalShift(c, t, fold_div),
+    "stsm": lambda c, t, temporal_fold_div=8, spatial_fold_div=16, **_: SpatioTemporalShift(
+        c, t, temporal_fold_div, spatial_fold_div),
+    "none": None,
+}
+
+
+class BackboneSpec:
+    """A backbone builder with the paper's defaults for where the module goes."""
+
+    def __init__(self, build: Callable[..., nn.Module], placement: str, shift_ratio: float, placements: tuple[str, ...]):
+        self.build, self.placement, self.shift_ratio, self.placements = build, placement, shift_ratio, placements
+
+
+_INCEPTION_PLACEMENTS = ("branch1", "branch2", "branch3", "branch4", "all")
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet18": BackboneSpec(build_resnet18, "conv2", 0.25, ("conv1", "conv2", "all", "input")),
+    "resnet34": BackboneSpec(build_resnet34, "conv2", 0.25, ("conv1", "conv2", "all", "input")),
+    "resnet50": BackboneSpec(build_resnet50, "conv3", 0.25, ("conv1", "conv2", "conv3", "all", "input")),
+    "resnet101": BackboneSpec(build_resnet101, "conv3", 0.25, ("conv1", "conv2", "conv3", "all", "input")),
+    "bninception": BackboneSpec(build_bninception, "branch4", 1.0, _INCEPTION_PLACEMENTS),
+    "inception_v3": BackboneSpec(build_inception_v3, "branch4", 1.0, ("branch4",)),
+}
+
+
+class TSN(nn.Module):
+    """Temporal Segment Network: per-frame backbone -> dropout -> fc, averaged over frames.
+
+    ``(B, T, 3, H, W) -> (B, num_classes)``. The temporal modules inside the backbone are what
+    let frames talk to each other; without them this is the order-blind TSN baseline.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, num_frames: int, dropout: float = 0.5):
+        super().__init__()
+        self.backbone = backbone
+        self.num_frames = num_frames
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(backbone.num_features, num_classes)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        b, t = clips.shape[:2]
+        if t != self.num_frames:
+            raise ValueError(f"model was built for {self.num_frames} frames, got clips of {t}")
+        frames = clips.reshape(b * t, *clips.shape[2:])
+        logits = self.fc(self.dropout(self.backbone(frames)))
+        return logits.view(b, t, -1).mean(dim=1)
+
+
+def build_model(
+    backbone: str = "resnet50",
+    module: str = "gsf",
+    num_classes: int = 174,
+    num_frames: int = 8,
+    shift_ratio: float | None = None,
+    gating: str | float = "learned",
+    fusion: str = "learned",
+    placement: str | None = None,
+    num_blocks: int | None = None,
+    pretrained: str | None = None,
+    width_mult: float = 1.0,
+    dropout: float = 0.5,
+    channel_shuffle: bool = False,
+    module_options: dict[str, Any] | None = None,
+) -> TSN:
+    """Build a TSN video classifier with ``module`` inserted into ``backbone``.
+
+    ``placement``, ``shift_ratio`` default to the paper's final configuration for the backbone
+    (ResNet: after conv3 on 25% of the channels; Inception: the 1x1 branch, 100%).
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; registered: {sorted(BACKBONES)}")
+    if module not in TEMPORAL_MODULES:
+        raise ValueError(f"unknown module {module!r}; registered: {sorted(TEMPORAL_MODULES)}")
+    spec = BACKBONES[backbone]
+    placement = placement or spec.placement
+    if placement not in spec.placements:
+        raise ValueError(f"placement {placement!r} is not one of {list(spec.placements)} for {backbone}")
+    factory = TEMPORAL_MODULES[module]
+    insert = None
+    if factory is not None:
+        options = dict(
+            shift_ratio=spec.shift_ratio if shift_ratio is None else shift_ratio,
+            gating=gating, fusion=fusion, channel_shuffle=channel_shuffle, **(module_options or {}))
+        insert = partial(factory, t=num_frames, **options)
+    features = spec.build(insert, placement=placement, num_blocks=num_blocks, pretrained=pretrained, width_mult=width_mult)
+    return TSN(features, num_classes, num_frames, dropout)
