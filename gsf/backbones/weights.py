@@ -23,7 +23,9 @@ def load_state_dict(model: nn.Module, path: str, ignore_prefixes: tuple[str, ...
     if key_map is not None:
         state = {key_map(k): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
-    own = {k for k in model.state_dict() if not k.startswith(ignore_prefixes)}
+    # BatchNorm's num_batches_tracked is absent from older checkpoints (Caffe conversions, early
+    # torchvision files) and only matters with momentum=None: not worth rejecting a file over.
+    own = {k for k in model.state_dict() if not k.startswith(ignore_prefixes) and not k.endswith("num_batches_tracked")}
     missing, unexpected = sorted(own - state.keys()), sorted(state.keys() - own)
     if missing or unexpected:
         raise ValueError(

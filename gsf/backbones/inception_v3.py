@@ -1,0 +1,95 @@
+"""Inception-v3 (Szegedy et al., 2016; torchvision's) with insertion points for a temporal module.
+
+Placement (``branch4``, the only one the paper uses for Inception-v3): the least parametrized
+branch of each of the 11 Mixed blocks, i.e. ``branch1x1``; the reduction blocks have none, and
+there the module sits where the authors' release puts it: on Mixed_6a's single 3x3/2 conv
+(``branch3x3``, 384 channels) and on Mixed_7a's first 1x1 conv (``branch3x3_1``, 192 channels).
+Of the alternatives this is also the closest to the paper's 22.22 M (skipping the two reduction
+blocks gives 22.19 M, Mixed_6a's ``branch3x3dbl_1`` instead 22.20 M).
+
+Input size: 229x229, as in the authors' release, with Caffe-style ``ceil_mode`` on the two stem
+max pools (their model is built from Caffe layers, which round pooled sizes up): the Mixed blocks
+then see 27/13/6 pixels. With GSF and a 174-class head: 22.21 M parameters and 26.79 G fvcore
+multiply-adds per 8-frame view against the paper's 22.22 M / 26.96 G (-0.6%, the same offset
+as BN-Inception and ResNet-50). Floor-mode pooling at 229 gives 23.48 G (-13%) and 224 gives
+22.84 G, so neither is what the paper measured. At the standard 299 the two pooling modes give
+the same sizes, so the ceil mode changes nothing for torchvision's own use of the weights.
+
+``pretrained``: a local torchvision ``inception_v3`` ImageNet state dict (e.g. the file
+``inception_v3_google-0cc3c7bd.pth``); ``fc.*`` and ``AuxLogits.*`` are ignored. As torchvision
+does for these weights, ``transform_input`` is then switched on, so frames normalized with the
+usual ImageNet mean/std are rescaled to the [-1, 1] range the weights were trained on.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torchvision
+from torch import nn
+
+from . import Insert
+
+__all__ = ["build_inception_v3", "PLACEMENTS", "BLOCK_NAMES", "INPUT_SIZE"]
+
+INPUT_SIZE = 229
+
+# Block -> the conv (a BasicConv2d attribute of the block) whose output gets the module.
+_BRANCH4 = {
+    "Mixed_5b": "branch1x1", "Mixed_5c": "branch1x1", "Mixed_5d": "branch1x1",
+    "Mixed_6a": "branch3x3",
+    "Mixed_6b": "branch1x1", "Mixed_6c": "branch1x1", "Mixed_6d": "branch1x1", "Mixed_6e": "branch1x1",
+    "Mixed_7a": "branch3x3_1",
+    "Mixed_7b": "branch1x1", "Mixed_7c": "branch1x1",
+}
+BLOCK_NAMES = tuple(_BRANCH4)
+PLACEMENTS = ("branch4",)
+
+
+def _check(placement: str, num_blocks: int | None, width_mult: float) -> int:
+    """Validate the arguments; returns the number of blocks that get a module."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"InceptionV3 placement must be one of {PLACEMENTS} (the 1x1 branch), got {placement!r}")
+    if width_mult != 1.0:
+        raise ValueError(f"InceptionV3 supports only width_mult=1.0, got {width_mult}")
+    if num_blocks is None:
+        return len(BLOCK_NAMES)
+    if not 0 <= num_blocks <= len(BLOCK_NAMES):
+        raise ValueError(f"InceptionV3 num_blocks must be in 0..{len(BLOCK_NAMES)} (None = all), got {num_blocks}")
+    return num_blocks
+
+
+def _load_pretrained(net: nn.Module, path: str | os.PathLike) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"InceptionV3 pretrained weights not found: {path}")
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in source.items() if not k.startswith(("fc.", "AuxLogits."))}
+    own = net.state_dict()
+    # Checkpoints older than BatchNorm's counter lack it; it plays no part in eval or with momentum.
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise ValueError(f"{path} is not a torchvision inception_v3 state dict: {len(missing)} missing keys "
+                         f"(e.g. {missing[:4]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:4]})")
+    net.load_state_dict(state, strict=False)
+    net.transform_input = True  # the weights expect [-1, 1] inputs, as in torchvision
+
+
+def build_inception_v3(insert: Insert | None, placement: str = "branch4", num_blocks: int | None = None,
+                       pretrained: str | os.PathLike | None = None, width_mult: float = 1.0) -> nn.Module:
+    """torchvision Inception-v3 trunk with ``insert(channels)`` on the 1x1 branch of the last
+    ``num_blocks`` Mixed blocks: frames ``(N*T, 3, H, W)`` -> pooled features ``(N*T, 2048)``."""
+    num_blocks = _check(placement, num_blocks, width_mult)
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    net.maxpool1.ceil_mode = net.maxpool2.ceil_mode = True  # Caffe pooling, as the paper's model
+    net.dropout, net.fc = nn.Identity(), nn.Identity()  # the video classifier adds its own
+    if pretrained is not None:
+        _load_pretrained(net, pretrained)
+    if insert is not None:
+        for name in BLOCK_NAMES[len(BLOCK_NAMES) - num_blocks:]:
+            block = getattr(net, name)
+            conv = getattr(block, _BRANCH4[name])
+            setattr(block, _BRANCH4[name], nn.Sequential(conv, insert(conv.bn.num_features)))
+    net.num_features = 2048
+    net.input_size = INPUT_SIZE
+    return net
