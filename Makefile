@@ -44,7 +44,7 @@ ablation-table7: $(STAMP)
 ablation-shift-ratio: $(STAMP)
 	$(SWEEP) ablations/shift_ratio.yaml --profile $(PROFILE) --results-dir $(RESULTS) $(SWEEP_ARGS)
 ablation-table12: $(STAMP)
-	$(SWEEP) ablations/table12_latency.yaml --profile $(PROFILE) --results-dir $(RESULTS) --measure-only $(SWEEP_ARGS)
+	$(SWEEP) ablations/table12_latency.yaml --profile $(PROFILE) --results-dir $(RESULTS) --measure-only --cpus-per-trial $(shell nproc) $(SWEEP_ARGS)
 
 # The MLflow UI over the sweeps' store (sqlite under $(RESULTS) unless MLFLOW_TRACKING_URI is set).
 mlflow-ui: $(STAMP)

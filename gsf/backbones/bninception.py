@@ -209,6 +209,9 @@ class BNInception(nn.Module):
                 block.insert(branch, after, insert(block.channels_at(branch, after)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 32 or x.shape[-2] % 32:
+            # Caffe's ceil-mode pools in 3c/4e only line up with their stride-2 convs then.
+            raise ValueError(f"BNInception needs an input size that is a multiple of 32, got {tuple(x.shape[-2:])}")
         return torch.flatten(self.pool(self.blocks(self.stem(x))), 1)
 
 

@@ -45,18 +45,18 @@ class TemporalBlock(nn.Module):
             return self.block.conv1.in_channels
         return getattr(self.block, name).out_channels
 
-    def _apply(self, name: str, x: torch.Tensor) -> torch.Tensor:
+    def _temporal(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return self.temporal[name](x) if name in self.temporal else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.block
         identity = x if b.downsample is None else b.downsample(x)
-        out = self._apply("conv1", b.relu(b.bn1(b.conv1(self._apply("input", x)))))
+        out = self._temporal("conv1", b.relu(b.bn1(b.conv1(self._temporal("input", x)))))
         if isinstance(b, Bottleneck):
-            out = self._apply("conv2", b.relu(b.bn2(b.conv2(out))))
-            out = self._apply("conv3", b.bn3(b.conv3(out)))
+            out = self._temporal("conv2", b.relu(b.bn2(b.conv2(out))))
+            out = self._temporal("conv3", b.bn3(b.conv3(out)))
         else:
-            out = self._apply("conv2", b.bn2(b.conv2(out)))
+            out = self._temporal("conv2", b.bn2(b.conv2(out)))
         return b.relu(out + identity)
 
 

@@ -1,0 +1,134 @@
+"""Size and speed of one model, measured the same way for every trial.
+
+- ``params``: every parameter (fvcore's ``parameter_count``), classifier head included.
+- ``flops``: multiply-accumulates of ONE view — a clip of T frames, (T, 3, S, S) — counted by
+  fvcore in eval mode (convs, matmuls and norms; fvcore counts elementwise ops such as tanh,
+  sigmoid, mul and mean as zero, so ``flops_uncounted_ops`` lists what it skipped).
+- ``latency``: forward time of ``clips`` clips after warm-up; median and p90 of ``runs`` runs.
+  CPU: fp32, wall clock. GPU: fp16 autocast (the paper's Table 12), timed with CUDA events
+  after synchronisation.
+- ``train_step`` (optional): forward + backward of one clip in train mode, median ms.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import warnings
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, num_frames: int, input_size: int) -> tuple[float, list[str]]:
+    """fvcore multiply-accumulates of one (1, T, 3, S, S) view, and the op names it did not count."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
+
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    was_training = model.training
+    model.eval()
+    clip = torch.randn(1, num_frames, 3, input_size, input_size, device=_device_of(model))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            analysis = FlopCountAnalysis(model, clip).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            total = analysis.total()
+            skipped = sorted(analysis.unsupported_ops())
+    finally:
+        model.train(was_training)
+    return float(total), skipped
+
+
+def measure_latency(
+    model: nn.Module, num_frames: int, input_size: int, runs: int = 20, warmup: int = 5,
+    clips: int = 1, fp16_on_gpu: bool = True,
+) -> dict[str, float | str]:
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    x = torch.randn(clips, num_frames, 3, input_size, input_size, device=device)
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.float16) if cuda and fp16_on_gpu else nullcontext()
+    times = []
+    try:
+        with torch.inference_mode(), autocast:
+            for _ in range(warmup):
+                model(x)
+            for _ in range(runs):
+                if cuda:
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    torch.cuda.synchronize()
+                    start.record()
+                    model(x)
+                    end.record()
+                    torch.cuda.synchronize()
+                    times.append(start.elapsed_time(end))
+                else:
+                    t0 = time.perf_counter()
+                    model(x)
+                    times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        model.train(was_training)
+    return {
+        "latency_ms": statistics.median(times),
+        "latency_p90_ms": statistics.quantiles(times, n=10, method="inclusive")[8],
+        "latency_precision": "fp16-autocast" if cuda and fp16_on_gpu else "fp32",
+        "latency_device": torch.cuda.get_device_name(device) if cuda else f"cpu x{torch.get_num_threads()} threads",
+    }
+
+
+def measure_train_step(model: nn.Module, num_frames: int, input_size: int, runs: int = 20, warmup: int = 3,
+                       clips: int = 1, fp16_on_gpu: bool = True) -> dict[str, float]:
+    """Forward + backward of ``clips`` clips in train mode (the cost that training pays), median ms."""
+    device = _device_of(model)
+    was_training = model.training
+    model.train()
+    x = torch.randn(clips, num_frames, 3, input_size, input_size, device=device)
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.float16) if cuda and fp16_on_gpu else nullcontext()
+    times = []
+    try:
+        for i in range(warmup + runs):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with autocast:
+                loss = model(x).float().sum()
+            loss.backward()
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+            model.zero_grad(set_to_none=True)
+    finally:
+        model.train(was_training)
+    return {"train_step_ms": statistics.median(times)}
+
+
+def measure(model: nn.Module, num_frames: int, cfg) -> dict[str, float | str]:
+    """All measurements named by ``cfg`` (a ``MeasureConfig``), as flat metric/tag values."""
+    out: dict[str, float | str] = {"params": count_params(model), "params_M": count_params(model) / 1e6}
+    if cfg.flops:
+        flops, skipped = count_flops(model, num_frames, cfg.input_size)
+        out["GFLOPs"] = flops / 1e9
+        out["flops_counted"] = f"fvcore multiply-accumulates of one view (1x{num_frames}x3x{cfg.input_size}x{cfg.input_size}), eval mode"
+        out["flops_uncounted_ops"] = ",".join(skipped)
+    if cfg.latency:
+        out.update(measure_latency(model, num_frames, cfg.input_size, cfg.latency_runs, cfg.latency_warmup,
+                                   cfg.latency_clips, cfg.fp16_on_gpu))
+    if cfg.train_step:
+        out.update(measure_train_step(model, num_frames, cfg.input_size, cfg.latency_runs, 3,
+                                      cfg.latency_clips, cfg.fp16_on_gpu))
+    return out
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

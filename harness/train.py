@@ -1,0 +1,158 @@
+"""Fit and evaluate one model with the paper's recipe (section 4.2), resumable per epoch.
+
+SGD (momentum, weight decay), lr linear in the batch size, linear warm-up then cosine decay
+per iteration, gradient-norm clipping, AMP on GPU. After every epoch the full training state
+(model, optimiser, schedule, scaler, RNG states, history) goes to ``checkpoint_dir/last.pt``;
+``fit`` called again with the same folder continues after the last finished epoch and ends with
+the same weights as an uninterrupted run. A NaN or infinite loss fails the trial with that reason.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from harness.data import build_datasets
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _loader(ds, batch_size: int, shuffle: bool, workers: int, seed: int) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=gen,
+                      worker_init_fn=_worker_init, drop_last=shuffle, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> dict[str, float]:
+    """Top-1/top-5 (%) of the clip-averaged softmax over each video's views (clips x crops)."""
+    model.eval()
+    correct1 = correct5 = total = 0
+    loss_sum = 0.0
+    for views, labels in loader:
+        b, v = views.shape[:2]
+        views, labels = views.to(device, non_blocking=True), labels.to(device)
+        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+            logits = model(views.flatten(0, 1)).float()
+        probs = logits.softmax(-1).view(b, v, -1).mean(1)
+        loss_sum += nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum").item()
+        top = probs.topk(min(5, probs.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == labels).sum().item()
+        correct5 += (top == labels[:, None]).any(1).sum().item()
+        total += b
+    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "val_loss": loss_sum / total}
+
+
+def _save(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+
+
+def fit(model: nn.Module, cfg, seed: int, device: torch.device, checkpoint_dir: str | Path | None = None,
+        on_epoch: Callable[[dict[str, float], int], None] | None = None) -> dict[str, float]:
+    """Train ``model`` on ``cfg.data`` with ``cfg.train``; returns the final epoch's metrics."""
+    tc = cfg.train
+    seed_everything(seed)
+    train_ds, val_ds = build_datasets(cfg.data, num_frames=cfg.model.num_frames, seed=seed)
+    if train_ds.num_classes != cfg.model.num_classes:
+        raise ValueError(f"model.num_classes={cfg.model.num_classes} but the dataset has {train_ds.num_classes} classes")
+    workers = cfg.data.workers
+    steps_per_epoch = len(train_ds) // tc.batch_size
+    if tc.max_batches_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, tc.max_batches_per_epoch)
+    if steps_per_epoch < 1:
+        raise ValueError(f"train set of {len(train_ds)} clips is smaller than batch_size={tc.batch_size}")
+
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=tc.lr * tc.batch_size / tc.lr_batch,
+                                momentum=tc.momentum, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(tc.epochs * steps_per_epoch, int(tc.warmup_epochs * steps_per_epoch)))
+    use_amp = tc.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    criterion = nn.CrossEntropyLoss()
+
+    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    start_epoch, history = 1, []
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_torch"])
+        random.setstate(state["rng_python"])
+        np.random.set_state(state["rng_numpy"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+
+    val_views_per_clip = None
+    metrics = history[-1] if history else {}
+    for epoch in range(start_epoch, tc.epochs + 1):
+        model.train()
+        t0 = time.time()
+        loader = _loader(train_ds, tc.batch_size, True, workers, seed * 1000 + epoch)
+        loss_sum, seen = 0.0, 0
+        for step, (clips, labels) in enumerate(loader):
+            if step >= steps_per_epoch:
+                break
+            clips, labels = clips.to(device, non_blocking=True), labels.to(device)
+            with torch.autocast(device.type, enabled=use_amp):
+                loss = criterion(model(clips), labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {step}: training diverged")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if tc.clip_grad_norm:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            loss_sum += loss.item() * labels.shape[0]
+            seen += labels.shape[0]
+        metrics = {"train_loss": loss_sum / seen, "lr": scheduler.get_last_lr()[0], "epoch_seconds": time.time() - t0}
+        if epoch % tc.eval_every == 0 or epoch == tc.epochs:
+            if val_views_per_clip is None:
+                val_views_per_clip = val_ds[0][0].shape[0]
+            val_loader = _loader(val_ds, max(1, tc.batch_size // val_views_per_clip), False, workers, seed)
+            metrics.update(evaluate(model, val_loader, device, tc.amp))
+        metrics["epoch"] = epoch
+        history.append(metrics)
+        if ckpt is not None:
+            _save(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                         "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
+                         "rng_numpy": np.random.get_state(), "epoch": epoch, "history": history})
+        if on_epoch is not None:
+            on_epoch(metrics, epoch)
+    return {k: v for k, v in metrics.items() if k != "epoch"} | {"epochs": float(tc.epochs)}

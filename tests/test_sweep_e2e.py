@@ -1,0 +1,109 @@
+"""End to end, no mocks: a real small sweep through a local Ray and a real MLflow sqlite store."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+ENV.pop("MLFLOW_TRACKING_URI", None)
+ENV.pop("RAY_ADDRESS", None)
+
+SYNTHETIC = {"dataset": "synthetic", "num_classes": 4, "train_size": 64, "val_size": 32,
+             "frame_size": 32, "input_size": 32}
+
+
+def _spec(tmp_path: Path, variants: list[dict], name: str = "mini") -> Path:
+    spec = {
+        "description": "a tiny Table 5",
+        "paper_table": "table5_components.csv",
+        "base": {
+            "model": {"backbone": "resnet18", "width_mult": 0.125, "num_classes": 4, "num_frames": 4,
+                      "module": "gsf", "shift_ratio": 0.5},
+            "data": SYNTHETIC,
+            "train": {"epochs": 2, "batch_size": 16, "warmup_epochs": 0, "lr": 0.05},
+            "measure": {"input_size": 32, "latency_runs": 20, "latency_warmup": 1},
+        },
+        "grid": {"variants": variants},
+        "seeds": [0, 1],
+        "profiles": {"smoke": {}},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _sweep(path: Path, results: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.sweep", str(path), "--results-dir", str(results), *extra],
+                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=600)
+
+
+@pytest.mark.timeout(600)
+def test_sweep_trains_logs_renders_and_resumes(tmp_path):
+    variants = [
+        {"name": "GSF", "set": {"model.gating": "learned", "model.fusion": "learned"}, "paper_row": {"model": "GSF"}},
+        {"name": "TSN", "set": {"model.gating": 0, "model.fusion": "sum"}, "paper_row": {"model": "TSN"}},
+    ]
+    path, results = _spec(tmp_path, variants), tmp_path / "results"
+    proc = _sweep(path, results)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "4 to run" in proc.stdout and "[4/4]" in proc.stdout
+
+    table = pd.read_csv(results / "mini" / "table.csv")
+    assert list(table["variant"]) == ["GSF", "TSN"]
+    assert (table["runs"] == "2/2").all()
+    for col in ("top1", "top1_std", "params_M", "GFLOPs", "latency_ms", "paper_top1"):
+        assert table[col].notna().all(), col
+    assert table.set_index("variant").loc["GSF", "paper_top1"] == pytest.approx(48.44)
+    assert table.set_index("variant").loc["GSF", "params_M"] > table.set_index("variant").loc["TSN", "params_M"]
+    assert ((table["top1"] >= 0) & (table["top1"] <= 100)).all()
+    for ext in ("md", "html", "tex", "png"):
+        assert (results / "mini" / f"table.{ext}").stat().st_size > 0
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("mini")
+    runs = client.search_runs([exp.experiment_id], "tags.kind = 'trial'")
+    parents = client.search_runs([exp.experiment_id], "tags.kind = 'sweep'")
+    assert len(runs) == 4 and len(parents) == 1
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert {"trial_hash", "device", "git_commit", "spec"} <= run.data.tags.keys()
+        assert run.data.params["model.backbone"] == "resnet18"
+        assert {"top1", "train_loss", "GFLOPs", "params_M", "latency_ms"} <= run.data.metrics.keys()
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert sorted(m.step for m in history) == [1, 2], "one train_loss per epoch"
+
+    # Same spec again: nothing re-runs, the table is rebuilt from MLflow.
+    again = _sweep(path, results)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "4 already finished, 0 to run" in again.stdout
+    assert len(client.search_runs([exp.experiment_id], "tags.kind = 'trial'")) == 4
+    assert pd.read_csv(results / "mini" / "table.csv").equals(table)
+
+
+@pytest.mark.timeout(600)
+def test_failed_trial_exits_1_and_keeps_the_others(tmp_path):
+    variants = [
+        {"name": "ok", "set": {"model.module": "tsm"}},
+        # 7 classes in the model but 4 in the data: this trial fails when training starts.
+        {"name": "broken", "set": {"model.module": "tsm", "model.num_classes": 7}},
+    ]
+    path, results = _spec(tmp_path, variants, "failing"), tmp_path / "results"
+    spec = yaml.safe_load(path.read_text())
+    spec["seeds"] = [0]
+    spec["base"]["train"]["epochs"] = 1
+    path.write_text(yaml.safe_dump(spec))
+    proc = _sweep(path, results)
+    assert proc.returncode == 1
+    assert "1 trial(s) failed" in proc.stderr and "broken" in proc.stderr and "num_classes" in proc.stderr
+    table = pd.read_csv(results / "failing" / "table.csv").set_index("variant")
+    assert table.loc["ok", "runs"] == "1/1" and table.loc["ok", "top1"] >= 0
+    assert table.loc["broken", "runs"] == "0/1"
