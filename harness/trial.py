@@ -57,9 +57,8 @@ def run_trial(job: dict[str, Any], report: Callable[[dict[str, Any]], None] | No
                 run.log_metrics(epoch_metrics, step=epoch)
                 report({**result, **epoch_metrics, "epoch": epoch})
 
-            final = fit(model, cfg, seed=seed, device=device, checkpoint_dir=ckpt_dir, on_epoch=on_epoch)
-            run.log_metrics(final)
-            result.update(final)
+            # Per-epoch metrics are already logged (step = epoch); the last epoch's are the result.
+            result.update(fit(model, cfg, seed=seed, device=device, checkpoint_dir=ckpt_dir, on_epoch=on_epoch))
     except SystemExit as e:
         # Ray Tune stops a trial by raising SystemExit(0) inside report(): not a failure.
         run.end("KILLED" if e.code in (0, None) else "FAILED")
