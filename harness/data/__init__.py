@@ -1,0 +1,12 @@
+"""Video data for the harness: Something-Something frame folders, Kinetics-400 / Diving48 video
+files and the synthetic temporal benchmark, with TSN sampling and the paper's test protocols.
+
+    cfg = DataConfig(**data_section)
+    train_ds, val_ds = build_datasets(cfg, num_frames=8, seed=0)
+    clip, label = train_ds[i]    # (T, 3, S, S) float, normalised
+    views, label = val_ds[i]     # (V, T, 3, S, S), V = test_clips * test_crops
+"""
+from .config import DataConfig, DataError
+from .datasets import ClipDataset, build_datasets
+
+__all__ = ["DataConfig", "DataError", "build_datasets", "ClipDataset"]

@@ -1,0 +1,135 @@
+"""The ``data`` section of a spec: one typed, validated model."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .synthetic import MAX_CLASSES, Nuisance
+
+FRAME_DATASETS = {"something-v1": "{:05d}.jpg", "something-v2": "{:06d}.jpg"}  # 1-based frame files
+# Datasets whose classes name left/right: a horizontal flip needs a label map.
+DIRECTIONAL = ("something-v1", "something-v2")
+
+
+class DataError(ValueError):
+    """Bad data input: the message names the file or folder and what is wrong with it."""
+
+
+class DataConfig(BaseModel):
+    """The ``data`` section. Keys that only apply to the other kind of dataset (real/synthetic)
+    are ignored, so a profile can switch ``dataset`` without unsetting the base's keys.
+
+    Any dataset:
+      dataset        "synthetic" (default, no files) | "something-v1" | "something-v2" |
+                     "kinetics400" | "diving48"
+      input_size     crop fed to the model (default: 224; synthetic: frame_size)
+      scale_size     short side the test frames are resized to before cropping
+                     (default: input_size * 256 / 224; synthetic: input_size, the whole frame)
+      protocol       "efficiency": 1 clip x centre crop | "accuracy": 2 clips x 3 crops
+                     (10 x 3 for kinetics400); test_clips / test_crops (1 or 3) override it.
+                     Synthetic frames are square and scale_size defaults to input_size, so
+                     its 3 crops coincide unless scale_size > input_size
+      multiscale     train-time TSN multi-scale crop, scales 1, .875, .75, .66
+                     (default: on for real datasets, off for synthetic: the actor could be cut out)
+      flip           train-time horizontal flip (default off). Something-Something has
+                     left/right classes, so it needs flip_label_map; synthetic uses its own map
+      flip_label_map label pairs swapped by a flip: {a: b}, [[a, b], ...], a JSON file of either,
+                     or "auto" (pair category names that differ only by left <-> right)
+      workers        DataLoader worker processes (default 0: load in the training process)
+
+    Real datasets (required: root, train_list, val_list, categories; relative paths are
+    resolved against root, and so are the folders/videos named in the lists):
+      train_list / val_list   frames: "folder num_frames label" lines; videos: "path label" lines
+      categories              one class name per line; its line count is num_classes
+      frame_template          frame file names inside a folder, 1-based
+                              (default {:05d}.jpg for V1, {:06d}.jpg for V2)
+
+    Synthetic (see harness/data/SYNTHETIC.md; the defaults fit the CPU smoke budget):
+      num_classes    even, <= 12: the first num_classes/2 time-reversed pairs (default 12)
+      train_size     clips per training epoch (default 4000); val_size (default 500)
+      frame_size     rendered frame side in pixels (default 40)
+      distractors, clutter, occlusion, noise, jitter   scene nuisances (see Nuisance;
+                     defaults 2, 3, 0.3, 6.0, 1.0)
+      seed           which clips: train clip i is rendered from (seed, 0, i), val from (seed, 1, i)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: Literal["synthetic", "something-v1", "something-v2", "kinetics400", "diving48"] = "synthetic"
+    input_size: int | None = Field(None, gt=0)
+    scale_size: int | None = Field(None, gt=0)
+    protocol: Literal["efficiency", "accuracy"] = "efficiency"
+    test_clips: int | None = Field(None, gt=0)
+    test_crops: Literal[1, 3] | None = None
+    multiscale: bool | None = None
+    flip: bool = False
+    flip_label_map: Union[dict[int, int], list[tuple[int, int]], str, None] = None
+    workers: int = Field(0, ge=0)
+
+    root: Path | None = None
+    train_list: Path | None = None
+    val_list: Path | None = None
+    categories: Path | None = None
+    frame_template: str | None = None
+
+    num_classes: int = Field(12, ge=2, le=MAX_CLASSES)
+    train_size: int = Field(4000, gt=0)
+    val_size: int = Field(500, gt=0)
+    frame_size: int = Field(40, ge=16)
+    distractors: int = Field(Nuisance.distractors, ge=0)
+    clutter: int = Field(Nuisance.clutter, ge=0)
+    occlusion: float = Field(Nuisance.occlusion, ge=0, le=1)
+    noise: float = Field(Nuisance.noise, ge=0, le=100)
+    jitter: float = Field(Nuisance.jitter, ge=0, le=8)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.synthetic:
+            if self.num_classes % 2:
+                raise ValueError(f"num_classes must be even (classes come in time-reversed pairs), "
+                                 f"got {self.num_classes}")
+            if self.flip_label_map is not None:
+                raise ValueError("flip_label_map does not apply to the synthetic dataset (it mirrors its own classes)")
+            return self
+        for key in ("root", "train_list", "val_list", "categories"):
+            if getattr(self, key) is None:
+                raise ValueError(f"{key} is required for dataset {self.dataset!r}")
+        return self
+
+    @property
+    def synthetic(self) -> bool:
+        return self.dataset == "synthetic"
+
+    @property
+    def nuisance(self) -> Nuisance:
+        return Nuisance(self.distractors, self.clutter, self.occlusion, self.noise, self.jitter)
+
+    @property
+    def crop_size(self) -> int:
+        if self.input_size is not None:
+            return self.input_size
+        return self.frame_size if self.synthetic else 224
+
+    @property
+    def resize_to(self) -> int:
+        if self.scale_size is not None:
+            return self.scale_size
+        return self.crop_size if self.synthetic else self.crop_size * 256 // 224
+
+    @property
+    def views(self) -> tuple[int, int]:
+        """(clips, crops) per test video."""
+        clips, crops = (1, 1) if self.protocol == "efficiency" else (10 if self.dataset == "kinetics400" else 2, 3)
+        return self.test_clips or clips, self.test_crops or crops
+
+    @property
+    def use_multiscale(self) -> bool:
+        return (not self.synthetic) if self.multiscale is None else self.multiscale
+
+    def resolve(self, path: Path) -> Path:
+        """A path from the config or a list, relative to root."""
+        path = Path(path).expanduser()
+        return path if path.is_absolute() or self.root is None else Path(self.root).expanduser() / path

@@ -1,0 +1,270 @@
+"""Datasets: list files, frame folders, video files and the synthetic benchmark behind one
+``ClipDataset`` that does TSN sampling and the protocol's views.
+
+Nothing is opened in ``__init__`` beyond validation, so datasets pickle into DataLoader workers.
+Every read error surfaces as ``DataError`` with the path: no sample is ever silently replaced.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from . import transforms as tf
+from .config import DIRECTIONAL, FRAME_DATASETS, DataConfig, DataError
+from .synthetic import CLASS_NAMES, MIRROR, render_clip
+
+
+# --- list files ------------------------------------------------------------------------------
+
+def read_categories(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"{path}: category file not found")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DataError(f"{path}: category file is empty")
+    return names
+
+
+def read_list(path: Path, cfg: DataConfig, num_classes: int, frames: bool) -> list[tuple[Path, int, int]]:
+    """Parse and check a list file -> [(folder or video path, frame count or 0, label)]."""
+    if not path.is_file():
+        raise DataError(f"{path}: list file not found")
+    fields = 3 if frames else 2
+    form = "folder num_frames label" if frames else "path label"
+    samples, missing = [], []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(None, fields - 1)  # a video path may contain spaces
+        try:
+            if len(parts) != fields:
+                raise ValueError
+            label, count = int(parts[-1]), int(parts[1]) if frames else 0
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: expected '{form}', got {line.strip()!r}") from None
+        if frames and count < 1:
+            raise DataError(f"{path}:{lineno}: num_frames must be >= 1, got {count}")
+        if not 0 <= label < num_classes:
+            raise DataError(f"{path}:{lineno}: label {label} is outside [0, {num_classes}) "
+                            f"({num_classes} classes in {cfg.resolve(cfg.categories)})")
+        item = cfg.resolve(Path(parts[0]))
+        if not (item.is_dir() if frames else item.is_file()):
+            missing.append((item, lineno))
+        samples.append((item, count, label))
+    if not samples:
+        raise DataError(f"{path}: list is empty")
+    if missing:
+        item, lineno = missing[0]
+        kind = "frame folder" if frames else "video file"
+        more = f"; {len(missing)} of {len(samples)} listed entries are missing" if len(missing) > 1 else ""
+        raise DataError(f"{item}: {kind} not found (listed in {path}:{lineno}){more}")
+    return samples
+
+
+def flip_map(cfg: DataConfig, categories: list[str]) -> dict[int, int]:
+    """The label swap a horizontal flip needs, both directions, checked against the classes."""
+    spec, source = cfg.flip_label_map, "data.flip_label_map"
+    if spec is None:
+        if cfg.flip and cfg.dataset in DIRECTIONAL:
+            raise DataError(
+                f"{cfg.resolve(cfg.categories)}: data.flip is on for {cfg.dataset}, whose classes name "
+                "left/right directions, so a plain flip would corrupt labels; set data.flip_label_map "
+                "(label pairs, a JSON file of pairs, or 'auto') or data.flip: false")
+        return {}
+    if spec == "auto":
+        index = {name.lower(): i for i, name in enumerate(categories)}
+        swap = {"left": "right", "right": "left"}
+        pairs = []
+        for i, name in enumerate(categories):
+            mirrored = re.sub(r"\b(left|right)\b", lambda m: swap[m.group(1)], name.lower())
+            if mirrored != name.lower() and mirrored in index:
+                pairs.append((i, index[mirrored]))
+    elif isinstance(spec, str):
+        source = str(cfg.resolve(Path(spec)))
+        try:
+            loaded = json.loads(Path(source).read_text())
+            pairs = [(int(a), int(b)) for a, b in (loaded.items() if isinstance(loaded, dict) else loaded)]
+        except FileNotFoundError:
+            raise DataError(f"{source}: flip label map file not found") from None
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{source}: flip label map must be JSON {{label: label}} or "
+                            f"[[label, label], ...]: {exc}") from None
+    else:
+        pairs = list(spec.items()) if isinstance(spec, dict) else list(spec)
+    mapping: dict[int, int] = {}
+    for a, b in pairs:
+        for x, y in ((a, b), (b, a)):
+            if not (0 <= x < len(categories) and 0 <= y < len(categories)):
+                raise DataError(f"{source}: pair ({a}, {b}) is outside [0, {len(categories)})")
+            if mapping.setdefault(x, y) != y:
+                raise DataError(f"{source}: label {x} is paired with both {mapping[x]} and {y}")
+    return mapping
+
+
+# --- sources: where the frames of one sample come from; read() gives uint8 (T, 3, H, W) per clip
+
+class Listed:
+    """Samples from a list file: [(folder or video path, frame count or 0, label)]."""
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def label(self, i: int) -> int:
+        return self.samples[i][2]
+
+
+class FrameFolders(Listed):
+    """Something-Something style: one JPEG per frame, numbered from 1."""
+
+    def __init__(self, samples, template: str):
+        super().__init__(samples)
+        self.template = template
+
+    def read(self, i: int, clips: list[np.ndarray]) -> list[np.ndarray]:
+        folder, count, _ = self.samples[i]
+        out = []
+        for positions in clips:
+            frames = []
+            for k in tf.frame_indices(positions, count):
+                file = folder / self.template.format(int(k) + 1)
+                try:
+                    with Image.open(file) as img:
+                        frames.append(np.asarray(img.convert("RGB")))
+                except FileNotFoundError:
+                    raise DataError(f"{file}: frame not found ({folder} is listed with {count} frames)") from None
+                except OSError as exc:  # PIL's UnidentifiedImageError and truncated files
+                    raise DataError(f"{file}: cannot read frame: {exc}") from None
+            try:
+                out.append(np.stack(frames).transpose(0, 3, 1, 2))
+            except ValueError:
+                raise DataError(f"{folder}: frames differ in size") from None
+        return out
+
+
+class VideoFiles(Listed):
+    """Kinetics / Diving48 style: one video file per sample, decoded with PyAV."""
+
+    def read(self, i: int, clips: list[np.ndarray]) -> list[np.ndarray]:
+        path = self.samples[i][0]
+        try:
+            # Trust the header's frame count and stop after the last frame needed; if it has
+            # none, or it was wrong, decode the whole video and count.
+            decoded = self._decode(path, clips, trust_header=True) or self._decode(path, clips, trust_header=False)
+        except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
+            raise DataError(f"{path}: cannot decode video: {exc}") from None
+        if decoded is None:
+            raise DataError(f"{path}: no video frames could be decoded")
+        return decoded
+
+    @staticmethod
+    def _decode(path: Path, clips: list[np.ndarray], trust_header: bool) -> list[np.ndarray] | None:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            count = stream.frames if trust_header else 0
+            if trust_header and count <= 0:
+                return None
+            last = max(int(tf.frame_indices(p, count).max()) for p in clips) if count else None
+            frames = []
+            for frame in container.decode(stream):
+                frames.append(frame)
+                if last is not None and len(frames) > last:
+                    break
+        if not frames or (last is not None and len(frames) <= last):
+            return None
+        n = count or len(frames)
+        return [np.stack([frames[k].to_ndarray(format="rgb24") for k in tf.frame_indices(p, n)]).transpose(0, 3, 1, 2)
+                for p in clips]
+
+
+class Synthetic:
+    """The synthetic temporal benchmark: clip i rendered from (seed, split, i) at any times;
+    labels cycle through the classes, so every class has the same number of clips."""
+
+    def __init__(self, cfg: DataConfig, split: int, size: int):
+        self.cfg, self.split, self.nuisance = cfg, split, cfg.nuisance
+        self.samples = range(size)
+
+    def label(self, i: int) -> int:
+        return i % self.cfg.num_classes
+
+    def read(self, i: int, clips: list[np.ndarray]) -> list[np.ndarray]:
+        key = [self.cfg.seed, self.split, i]
+        return [render_clip(self.label(i), key, p, self.cfg.frame_size, self.nuisance) for p in clips]
+
+
+# --- the dataset ------------------------------------------------------------------------------
+
+class ClipDataset(Dataset):
+    """Train: ``(clip (T, 3, S, S) float, label)``; test: ``(views (V, T, 3, S, S), label)`` with
+    V = test_clips x test_crops, clip-major."""
+
+    def __init__(self, source, cfg: DataConfig, num_frames: int, train: bool, num_classes: int,
+                 class_names: list[str], flip_labels: dict[int, int], seed: int = 0):
+        self.source, self.cfg, self.num_frames, self.train = source, cfg, num_frames, train
+        self.num_classes, self.class_names = num_classes, class_names
+        self.flip_labels, self.seed = flip_labels, seed
+        self.num_clips, self.num_crops = (1, 1) if train else cfg.views
+
+    def __len__(self) -> int:
+        return len(self.source.samples)
+
+    def label(self, i: int) -> int:
+        return self.source.label(i)
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        label = self.label(i)
+        if not self.train:
+            clips = [tf.test_positions(self.num_frames, c, self.num_clips) for c in range(self.num_clips)]
+            views = []
+            for frames in self.source.read(i, clips):
+                x = tf.resize_short(tf.to_float(frames), self.cfg.resize_to)
+                views += tf.crops(x, self.cfg.crop_size, self.num_crops)
+            return tf.normalise(torch.stack(views)), label
+        # Augmentation draws from torch's RNG (seeded per DataLoader worker and by
+        # torch.manual_seed), so every epoch sees new draws and runs stay reproducible.
+        rng = np.random.default_rng([self.seed, i, int(torch.randint(2**62, ()))])
+        (frames,) = self.source.read(i, [tf.train_positions(self.num_frames, rng)])
+        x = tf.to_float(frames)
+        if self.cfg.use_multiscale:
+            x = tf.multiscale_crop(x, self.cfg.crop_size, rng)
+        else:
+            x = tf.crops(tf.resize_short(x, self.cfg.resize_to), self.cfg.crop_size, 1)[0]
+        if self.cfg.flip and rng.random() < 0.5:
+            x = x.flip(-1)
+            label = self.flip_labels.get(label, label)
+        return tf.normalise(x), label
+
+
+def build_datasets(cfg: DataConfig, num_frames: int = 8, seed: int = 0) -> tuple[ClipDataset, ClipDataset]:
+    """(train, val) datasets for ``cfg``; lists, folders and videos are checked here, up front.
+
+    ``seed`` (the trial's) seeds train-time augmentation; the synthetic clips themselves come
+    from ``cfg.seed``, so every trial of a sweep sees the same benchmark.
+    """
+    if num_frames < 1:
+        raise DataError(f"num_frames must be >= 1, got {num_frames}")
+    if cfg.synthetic:
+        names = CLASS_NAMES[:cfg.num_classes]
+        mirror = {a: b for a, b in MIRROR.items() if a < cfg.num_classes}
+        sources = Synthetic(cfg, 0, cfg.train_size), Synthetic(cfg, 1, cfg.val_size)
+    else:
+        names = read_categories(cfg.resolve(cfg.categories))
+        mirror = flip_map(cfg, names)
+        frames = cfg.dataset in FRAME_DATASETS
+        lists = [read_list(cfg.resolve(p), cfg, len(names), frames) for p in (cfg.train_list, cfg.val_list)]
+        if frames:
+            template = cfg.frame_template or FRAME_DATASETS[cfg.dataset]
+            sources = tuple(FrameFolders(samples, template) for samples in lists)
+        else:
+            sources = tuple(VideoFiles(samples) for samples in lists)
+    return tuple(ClipDataset(src, cfg, num_frames, train, len(names), list(names), mirror, seed)
+                 for src, train in zip(sources, (True, False)))

@@ -1,0 +1,282 @@
+"""harness.data on real files: Something-Something frame folders (JPEGs written here with PIL)
+and a video file list (a video written here with PyAV), both protocols, sampling and errors."""
+from __future__ import annotations
+
+import json
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from harness.data import DataConfig, DataError, build_datasets
+from harness.data import transforms as tf
+
+T = 4
+GREY_STEP = 12  # frame k (0-based) is a uniform grey of GREY_STEP * (k + 1): decodable index
+
+
+def grey(k: int) -> int:
+    return GREY_STEP * (k + 1)
+
+
+def frame_greys(x: torch.Tensor) -> np.ndarray:
+    """Mean 0-255 grey of each frame of a normalised (..., T, 3, H, W) tensor."""
+    raw = x * tf.STD + tf.MEAN
+    return raw.mean(dim=(-3, -2, -1)).numpy()
+
+
+def write_frames(folder, count, template, size=(40, 30), pattern=None):
+    folder.mkdir(parents=True)
+    for k in range(count):
+        img = np.full((size[1], size[0], 3), grey(k), np.uint8)
+        if pattern == "left-dark":  # asymmetric, so a flip is visible
+            img[:, : size[0] // 2] = 0
+        Image.fromarray(img).save(folder / template.format(k + 1), quality=95)
+
+
+def something(tmp_path, version="v1", counts=(12, 3, 20), labels=(0, 1, 2), pattern=None,
+              categories=("Pushing something from left to right", "Pushing something from right to left",
+                          "Holding something")):
+    template = "{:05d}.jpg" if version == "v1" else "{:06d}.jpg"
+    root = tmp_path / f"ss{version}"
+    lines = []
+    for i, (count, label) in enumerate(zip(counts, labels)):
+        write_frames(root / "frames" / str(100 + i), count, template, pattern=pattern)
+        lines.append(f"frames/{100 + i} {count} {label}")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "val.txt").write_text("\n".join(lines) + "\n")
+    (root / "categories.txt").write_text("\n".join(categories) + "\n")
+    return dict(dataset=f"something-{version}", root=str(root), train_list="train.txt",
+                val_list="val.txt", categories="categories.txt")
+
+
+def write_video(path, count=20, size=(64, 48)):
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for k in range(count):
+            img = np.full((size[1], size[0], 3), grey(k), np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def videos(tmp_path, dataset="kinetics400"):
+    root = tmp_path / dataset
+    (root / "videos").mkdir(parents=True)
+    write_video(root / "videos" / "a b.mp4")  # a space in the name: lists split from the right
+    # shorter than the clip, and Matroska stores no frame count: decoded whole and counted
+    write_video(root / "videos" / "c.mkv", count=3)
+    (root / "train.txt").write_text("videos/a b.mp4 1\nvideos/c.mkv 0\n")
+    (root / "val.txt").write_text("videos/a b.mp4 1\nvideos/c.mkv 0\n")
+    (root / "categories.txt").write_text("diving\njuggling\n")
+    return dict(dataset=dataset, root=str(root), train_list="train.txt", val_list="val.txt",
+                categories="categories.txt")
+
+
+# --- the sampler itself ---------------------------------------------------------------------
+
+def test_test_positions_are_segment_centres_and_thirds():
+    assert np.allclose(tf.test_positions(4), [0.125, 0.375, 0.625, 0.875])
+    assert list(tf.frame_indices(tf.test_positions(4), 40)) == [5, 15, 25, 35]
+    first, second = tf.test_positions(4, 0, 2), tf.test_positions(4, 1, 2)
+    assert list(tf.frame_indices(first, 12)) == [1, 4, 7, 10]
+    assert list(tf.frame_indices(second, 12)) == [2, 5, 8, 11]
+
+
+def test_train_positions_fall_in_their_segments():
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(200):
+        idx = tf.frame_indices(tf.train_positions(4, rng), 40)
+        assert all(10 * s <= k < 10 * (s + 1) for s, k in enumerate(idx))
+        seen.add(tuple(idx))
+    assert len(seen) > 100  # random within segments, not fixed
+
+
+def test_short_videos_repeat_frames():
+    assert list(tf.frame_indices(tf.test_positions(8), 3)) == [0, 0, 0, 1, 1, 2, 2, 2]
+    assert tf.frame_indices(tf.train_positions(8, np.random.default_rng(1)), 1).tolist() == [0] * 8
+
+
+# --- Something-Something frame folders --------------------------------------------------------
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_something_shapes_and_centre_sampling(tmp_path, version):
+    data = something(tmp_path, version)
+    train, val = build_datasets(DataConfig(**data, input_size=32), num_frames=T, seed=0)
+    assert train.num_classes == val.num_classes == 3 and len(train) == 3
+    clip, label = train[0]
+    assert clip.shape == (T, 3, 32, 32) and clip.dtype == torch.float32 and label == 0
+    views, label = val[0]
+    assert views.shape == (1, T, 3, 32, 32) and label == 0
+    # the efficiency view of a 12-frame video holds frames 1, 4, 7, 10 (segment centres)
+    assert np.allclose(frame_greys(views[0]), [grey(k) for k in (1, 4, 7, 10)], atol=3)
+    views, _ = val[1]  # 3 frames for a 4-frame clip: repeats
+    assert np.allclose(frame_greys(views[0]), [grey(k) for k in (0, 1, 1, 2)], atol=3)
+
+
+def test_something_accuracy_protocol_two_clips_three_crops(tmp_path):
+    cfg = DataConfig(**something(tmp_path), input_size=24, scale_size=28, protocol="accuracy")
+    _, val = build_datasets(cfg, num_frames=T)
+    views, _ = val[2]  # 20 frames
+    assert views.shape == (6, T, 3, 24, 24)
+    greys = frame_greys(views)
+    assert np.allclose(greys[:3], [[grey(k) for k in (1, 6, 11, 16)]] * 3, atol=3)  # clip 1, 3 crops
+    assert np.allclose(greys[3:], [[grey(k) for k in (3, 8, 13, 18)]] * 3, atol=3)  # clip 2
+
+
+def test_something_train_multiscale_and_jitter(tmp_path):
+    torch.manual_seed(0)
+    train, _ = build_datasets(DataConfig(**something(tmp_path), input_size=16), num_frames=T, seed=3)
+    clips = [train[2][0] for _ in range(10)]
+    assert all(c.shape == (T, 3, 16, 16) for c in clips)
+    for c in clips:  # every frame comes from its own segment of the 20 frames
+        ks = np.rint(frame_greys(c) / GREY_STEP - 1).astype(int)
+        assert all(5 * s <= k < 5 * (s + 1) for s, k in enumerate(ks)), ks
+    assert len({tuple(np.rint(frame_greys(c))) for c in clips}) > 1
+
+
+def test_flip_swaps_left_right_labels(tmp_path):
+    data = something(tmp_path, "v2", labels=(0, 1, 2), pattern="left-dark")
+    cfg = DataConfig(**data, input_size=16, multiscale=False, flip=True, flip_label_map="auto")
+    torch.manual_seed(0)
+    train, _ = build_datasets(cfg, num_frames=T)
+    assert train.flip_labels == {0: 1, 1: 0}
+    outcomes = set()
+    for i, listed in ((0, 0), (1, 1), (2, 2)) * 10:
+        clip, label = train[i]
+        flipped = bool(clip[..., :8].mean() > clip[..., 8:].mean())  # the dark half moved right
+        expected = {0: 1, 1: 0}.get(listed, listed) if flipped else listed
+        assert label == expected
+        outcomes.add((listed, flipped))
+    assert {(0, True), (0, False), (2, True)} <= outcomes
+
+
+def test_flip_label_map_from_json_file(tmp_path):
+    data = something(tmp_path, "v1")
+    (tmp_path / "pairs.json").write_text(json.dumps([[0, 1]]))
+    train, _ = build_datasets(DataConfig(**data, flip=True, flip_label_map=str(tmp_path / "pairs.json")), T)
+    assert train.flip_labels == {0: 1, 1: 0}
+
+
+# --- video files ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dataset, accuracy_views", [("kinetics400", 30), ("diving48", 6)])
+def test_video_list_both_protocols(tmp_path, dataset, accuracy_views):
+    data = videos(tmp_path, dataset)
+    train, val = build_datasets(DataConfig(**data, input_size=32), num_frames=T)
+    clip, label = train[0]
+    assert clip.shape == (T, 3, 32, 32) and label == 1
+    views, label = val[0]
+    assert views.shape == (1, T, 3, 32, 32) and label == 1
+    assert np.allclose(frame_greys(views[0]), [grey(k) for k in (2, 7, 12, 17)], atol=4)
+    views, _ = val[1]
+    assert np.allclose(frame_greys(views[0]), [grey(k) for k in (0, 1, 1, 2)], atol=4)  # repeats
+    _, val = build_datasets(DataConfig(**data, input_size=32, protocol="accuracy"), num_frames=T)
+    views, _ = val[0]
+    assert views.shape == (accuracy_views, T, 3, 32, 32)
+
+
+# --- bad input: DataError naming the path -----------------------------------------------------
+
+def error(build, match):
+    with pytest.raises(DataError) as info:
+        build()
+    assert match in str(info.value), str(info.value)
+    return str(info.value)
+
+
+def test_missing_list(tmp_path):
+    data = something(tmp_path)
+    cfg = DataConfig(**{**data, "train_list": "nope.txt"})
+    error(lambda: build_datasets(cfg, T), str(tmp_path / "ssv1" / "nope.txt"))
+
+
+def test_empty_list(tmp_path):
+    data = something(tmp_path)
+    (tmp_path / "ssv1" / "val.txt").write_text("\n\n")
+    msg = error(lambda: build_datasets(DataConfig(**data), T), str(tmp_path / "ssv1" / "val.txt"))
+    assert "empty" in msg
+
+
+def test_malformed_line_names_line_number(tmp_path):
+    data = something(tmp_path)
+    (tmp_path / "ssv1" / "train.txt").write_text("frames/100 12 0\nframes/101 three 1\n")
+    error(lambda: build_datasets(DataConfig(**data), T), f"{tmp_path / 'ssv1' / 'train.txt'}:2")
+
+
+def test_missing_frame_folder(tmp_path):
+    data = something(tmp_path)
+    (tmp_path / "ssv1" / "train.txt").write_text("frames/100 12 0\nframes/999 5 1\n")
+    msg = error(lambda: build_datasets(DataConfig(**data), T), str(tmp_path / "ssv1" / "frames" / "999"))
+    assert "train.txt:2" in msg
+
+
+def test_missing_video(tmp_path):
+    data = videos(tmp_path)
+    (tmp_path / "kinetics400" / "val.txt").write_text("videos/c.mkv 0\nvideos/gone.mp4 1\n")
+    error(lambda: build_datasets(DataConfig(**data), T), str(tmp_path / "kinetics400" / "videos" / "gone.mp4"))
+
+
+def test_missing_categories(tmp_path):
+    data = something(tmp_path)
+    (tmp_path / "ssv1" / "categories.txt").unlink()
+    error(lambda: build_datasets(DataConfig(**data), T), str(tmp_path / "ssv1" / "categories.txt"))
+
+
+def test_label_out_of_range(tmp_path):
+    data = something(tmp_path)
+    (tmp_path / "ssv1" / "val.txt").write_text("frames/100 12 3\n")
+    msg = error(lambda: build_datasets(DataConfig(**data), T), f"{tmp_path / 'ssv1' / 'val.txt'}:1")
+    assert "label 3" in msg
+
+
+def test_corrupt_jpeg_is_an_error_not_a_substitute(tmp_path):
+    data = something(tmp_path)
+    bad = tmp_path / "ssv1" / "frames" / "102" / "00013.jpg"
+    bad.write_bytes(b"this is not a jpeg" * 10)
+    _, val = build_datasets(DataConfig(**data), T)  # frame 12 (0-based, file 13) is a segment centre
+    error(lambda: val[2], str(bad))
+
+
+def test_missing_frame_file(tmp_path):
+    data = something(tmp_path)
+    (tmp_path / "ssv1" / "frames" / "102" / "00013.jpg").unlink()
+    _, val = build_datasets(DataConfig(**data), T)
+    error(lambda: val[2], str(tmp_path / "ssv1" / "frames" / "102" / "00013.jpg"))
+
+
+def test_corrupt_video(tmp_path):
+    data = videos(tmp_path)
+    bad = tmp_path / "kinetics400" / "videos" / "c.mkv"
+    bad.write_bytes(b"\x00garbage" * 100)
+    train, _ = build_datasets(DataConfig(**data), T)
+    error(lambda: train[1], str(bad))
+
+
+def test_flip_without_map_on_something_is_refused(tmp_path):
+    data = something(tmp_path)
+    msg = error(lambda: build_datasets(DataConfig(**data, flip=True), T), str(tmp_path / "ssv1" / "categories.txt"))
+    assert "flip_label_map" in msg
+
+
+def test_unknown_key_and_missing_key_are_validation_errors(tmp_path):
+    with pytest.raises(ValidationError, match="frame_sise"):
+        DataConfig(frame_sise=32)
+    with pytest.raises(ValidationError, match="train_list is required"):
+        DataConfig(dataset="diving48", root=str(tmp_path), val_list="v", categories="c")
+
+
+def test_bad_flip_label_map_file(tmp_path):
+    data = something(tmp_path)
+    (tmp_path / "pairs.json").write_text("{not json")
+    cfg = DataConfig(**data, flip=True, flip_label_map=str(tmp_path / "pairs.json"))
+    error(lambda: build_datasets(cfg, T), str(tmp_path / "pairs.json"))
+    cfg = DataConfig(**data, flip=True, flip_label_map={0: 7})
+    error(lambda: build_datasets(cfg, T), "outside [0, 3)")
