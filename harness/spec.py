@@ -95,9 +95,10 @@ class ModelConfig(_Strict):
 
 class TrainConfig(_Strict):
     """The paper's recipe (section 4.2) by default; ``lr`` is for a batch of ``lr_batch`` clips
-    and scales linearly with ``batch_size``."""
+    and scales linearly with ``batch_size``. ``momentum`` applies to SGD only."""
 
     epochs: int = Field(60, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # adamw: short CPU smoke runs learn faster
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.01, gt=0)
     lr_batch: int = Field(32, ge=1)

@@ -1,6 +1,6 @@
 """Fit and evaluate one model with the paper's recipe (section 4.2), resumable per epoch.
 
-SGD (momentum, weight decay), lr linear in the batch size, linear warm-up then cosine decay
+SGD (momentum, weight decay; AdamW as an option for short CPU runs), lr linear in the batch size, linear warm-up then cosine decay
 per iteration, gradient-norm clipping, AMP on GPU. After every epoch the full training state
 (model, optimiser, schedule, scaler, RNG states, history) goes to ``checkpoint_dir/last.pt``;
 ``fit`` called again with the same folder continues after the last finished epoch and ends with
@@ -94,8 +94,11 @@ def fit(model: nn.Module, cfg, seed: int, device: torch.device, checkpoint_dir: 
         raise ValueError(f"train set of {len(train_ds)} clips is smaller than batch_size={tc.batch_size}")
 
     model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=tc.lr * tc.batch_size / tc.lr_batch,
-                                momentum=tc.momentum, weight_decay=tc.weight_decay)
+    lr = tc.lr * tc.batch_size / tc.lr_batch
+    if tc.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(tc.epochs * steps_per_epoch, int(tc.warmup_epochs * steps_per_epoch)))
     use_amp = tc.amp and device.type == "cuda"
