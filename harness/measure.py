@@ -46,16 +46,22 @@ def count_flops(model: nn.Module, num_frames: int, input_size: int) -> tuple[flo
     return float(total), skipped
 
 
+def _timing_setup(model: nn.Module, num_frames: int, input_size: int, clips: int, fp16_on_gpu: bool):
+    """The device, a random input of ``clips`` clips, whether it is CUDA, and the autocast to time under."""
+    device = _device_of(model)
+    x = torch.randn(clips, num_frames, 3, input_size, input_size, device=device)
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.float16) if cuda and fp16_on_gpu else nullcontext()
+    return device, x, cuda, autocast
+
+
 def measure_latency(
     model: nn.Module, num_frames: int, input_size: int, runs: int = 20, warmup: int = 5,
     clips: int = 1, fp16_on_gpu: bool = True,
 ) -> dict[str, float | str]:
-    device = _device_of(model)
+    device, x, cuda, autocast = _timing_setup(model, num_frames, input_size, clips, fp16_on_gpu)
     was_training = model.training
     model.eval()
-    x = torch.randn(clips, num_frames, 3, input_size, input_size, device=device)
-    cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.float16) if cuda and fp16_on_gpu else nullcontext()
     times = []
     try:
         with torch.inference_mode(), autocast:
@@ -87,12 +93,9 @@ def measure_latency(
 def measure_train_step(model: nn.Module, num_frames: int, input_size: int, runs: int = 20, warmup: int = 3,
                        clips: int = 1, fp16_on_gpu: bool = True) -> dict[str, float]:
     """Forward + backward of ``clips`` clips in train mode (the cost that training pays), median ms."""
-    device = _device_of(model)
+    _, x, cuda, autocast = _timing_setup(model, num_frames, input_size, clips, fp16_on_gpu)
     was_training = model.training
     model.train()
-    x = torch.randn(clips, num_frames, 3, input_size, input_size, device=device)
-    cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.float16) if cuda and fp16_on_gpu else nullcontext()
     times = []
     try:
         for i in range(warmup + runs):

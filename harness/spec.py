@@ -60,22 +60,14 @@ class ModelConfig(_Strict):
     channel_shuffle: bool = False
     module_options: dict[str, Any] = {}
 
-    @field_validator("backbone")
+    @field_validator("backbone", "module")
     @classmethod
-    def _known_backbone(cls, v: str) -> str:
-        from gsf import BACKBONES
+    def _registered(cls, v: str, info) -> str:
+        import gsf
 
-        if v not in BACKBONES:
-            raise ValueError(f"unknown backbone {v!r}; allowed: {', '.join(sorted(BACKBONES))}")
-        return v
-
-    @field_validator("module")
-    @classmethod
-    def _known_module(cls, v: str) -> str:
-        from gsf import TEMPORAL_MODULES
-
-        if v not in TEMPORAL_MODULES:
-            raise ValueError(f"unknown module {v!r}; allowed: {', '.join(sorted(TEMPORAL_MODULES))}")
+        registry = gsf.BACKBONES if info.field_name == "backbone" else gsf.TEMPORAL_MODULES
+        if v not in registry:
+            raise ValueError(f"unknown {info.field_name} {v!r}; allowed: {', '.join(sorted(registry))}")
         return v
 
     @field_validator("shift_ratio")
