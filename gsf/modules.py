@@ -1,7 +1,14 @@
 """Temporal modules that turn a 2D CNN into a video model.
 
 Every module here maps frame features ``(N*T, C, H, W)`` to the same shape and never mixes
-clips: frames of one clip are consecutive along the first axis (TSN layout).
+clips: frames of one clip are consecutive along the first axis (TSN layout). None of them
+modifies its input.
+
+Speed notes (CPU, where the paper's latency table is measured). These modules sit on full-size
+activations, so what costs is memory traffic and the number of passes over the tensor, not
+arithmetic: every output element is written exactly once into one preallocated tensor (no
+stack/cat chains), and training goes through hand-written backward passes that do the same
+(autograd's generic path would materialise and accumulate several full-size gradients).
 """
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["GSF", "TemporalShift", "SpatioTemporalShift", "processed_channels"]
 
@@ -21,14 +29,71 @@ def processed_channels(channels: int, shift_ratio: float) -> int:
     return min(channels - channels % 2, max(2, 2 * round(channels * shift_ratio / 2)))
 
 
-def _shift_forward(x: torch.Tensor) -> torch.Tensor:
-    """Frame t receives frame t-1; frame 0 gets zeros. ``x`` is (N, T, ...)."""
-    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+def _grad_needed(x: torch.Tensor, module: nn.Module) -> bool:
+    """True when autograd must see this call (and we are not being traced, e.g. by fvcore)."""
+    if not torch.is_grad_enabled() or torch.jit.is_tracing():
+        return False
+    return x.requires_grad or any(p.requires_grad for p in module.parameters())
 
 
-def _shift_backward(x: torch.Tensor) -> torch.Tensor:
-    """Frame t receives frame t+1; the last frame gets zeros. ``x`` is (N, T, ...)."""
-    return torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1)
+# --------------------------------------------------------------------------------------------
+# GSF
+# --------------------------------------------------------------------------------------------
+
+
+def _tap_offsets(h: int, w: int):
+    """For each spatial tap k = (kh, kw) of a 3x3 conv: output region, input region (zero padding)."""
+    for kh in range(3):
+        for kw in range(3):
+            dh, dw = kh - 1, kw - 1
+            out_region = (slice(max(0, -dh), max(0, h - max(0, dh))), slice(max(0, -dw), max(0, w - max(0, dw))))
+            in_region = (slice(max(0, dh), max(0, h - max(0, -dh))), slice(max(0, dw), max(0, w - max(0, -dw))))
+            yield kh * 3 + kw, dh, dw, out_region, in_region
+
+
+def _sum_taps(cols: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A 3x3x3 conv output (N, T, G, H, W) from its per-tap planes ``cols`` (N, T, G, kt, 9, H, W).
+
+    cols[..., kt, (kh, kw), i, j] is the weighted channel sum of frame t at pixel (i, j) for that
+    tap; the conv output at (t, i, j) adds tap (kt, kh, kw) of frame t + kt - 1 at pixel
+    (i + kh - 1, j + kw - 1), skipping positions outside the image or the clip (zero padding).
+    Shifted in-place adds over a few planes: much cheaper than col2im (F.fold) at 28x28 and up.
+    """
+    h, w = cols.shape[-2:]
+    taps = cols[..., 4, :, :].clone()  # (N, T, G, kt, H, W)
+    for k, dh, dw, (oi, oj), (ii, ij) in _tap_offsets(h, w):
+        if (dh, dw) != (0, 0):
+            taps[..., oi, oj] += cols[..., k, ii, ij]
+    gate = taps[:, :, :, 1] + bias.view(-1, 1, 1)
+    gate[:, 1:] += taps[:, :-1, :, 0]  # temporal tap 0 looks one frame back,
+    gate[:, :-1] += taps[:, 1:, :, 2]  # tap 2 one frame ahead; nothing across clip ends
+    return gate
+
+
+def _sum_taps_adjoint(grad: torch.Tensor, cols_shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``_sum_taps`` for ``cols`` and ``bias`` from the gradient (N, T, G, H, W) of
+    its output: the same shifts in reverse, as copies (zeros where a tap only saw padding)."""
+    h, w = grad.shape[-2:]
+    grad_taps = grad.new_empty(tuple(cols_shape[:4]) + (h, w))
+    grad_taps[:, :, :, 1] = grad
+    grad_taps[:, :-1, :, 0] = grad[:, 1:]
+    grad_taps[:, -1, :, 0] = 0
+    grad_taps[:, 1:, :, 2] = grad[:, :-1]
+    grad_taps[:, 0, :, 2] = 0
+    grad_cols = grad.new_empty(cols_shape)
+    for k, dh, dw, (oi, oj), (ii, ij) in _tap_offsets(h, w):
+        plane = grad_cols[..., k, :, :]
+        plane[..., ii, ij] = grad_taps[..., oi, oj]
+        # The input row / column that no output reads (on the padding side) gets zero gradient.
+        if dh > 0:
+            plane[..., :dh, :] = 0
+        elif dh < 0:
+            plane[..., h + dh:, :] = 0
+        if dw > 0:
+            plane[..., :, :dw] = 0
+        elif dw < 0:
+            plane[..., :, w + dw:] = 0
+    return grad_cols, grad.sum(dim=(0, 1, 3, 4))
 
 
 class GSF(nn.Module):
@@ -45,6 +110,26 @@ class GSF(nn.Module):
     0: no temporal interaction). ``fusion``: "learned", or "sum" (GSM).
     ``channel_shuffle``: interleave the two groups' output channels, as the authors' release
     does; the paper's equations concatenate them (default).
+
+    Implementation (``tests/gsf_reference.py`` is the literal version it is tested against):
+
+    - The 3x3x3 gate conv is one batched GEMM, (27 taps x C/2) @ (C/2 x H*W) per frame and group,
+      followed by shifted adds of the 27 tap planes (9 spatial, then 3 temporal, zero padding at
+      the image borders and the clip ends). Same multiply-adds as the conv, so fvcore counts
+      27 * processed * T * H * W for it; a grouped Conv2d/Conv3d with two output planes per group
+      is several times slower on CPU.
+    - In eval mode with shift_ratio < 1, BatchNorm + ReLU is folded: relu(s*x + b) =
+      s*clamp(x, -b/s) + b (per channel, for s > 0; mirrored for s < 0), the scale s goes into the
+      GEMM weights and the constant into its bias, leaving one elementwise pass over the channel
+      slice. Not while tracing, so fvcore still sees the BatchNorm the model has.
+    - The shifted gated features S are written in one pass (shifting = writing at a frame offset),
+      the residual R straight into the output tensor, the pass-through channels copied once, and
+      the fusion (9)/(10) is one in-place lerp. phi is taken of S and R themselves.
+    - With autograd (training), ``_GSFFunction`` saves x, S and the gate's tap planes and writes
+      the backward out by hand: the elementwise part in a handful of passes into one gradient
+      tensor, the gate GEMM as two GEMMs; autograd only re-runs BatchNorm + ReLU on x and the
+      tiny fusion conv on the saved pooled values.
+    - Under tracing (fvcore) the no-autograd path is traced, BatchNorm unfolded.
     """
 
     def __init__(
@@ -57,12 +142,14 @@ class GSF(nn.Module):
         channel_shuffle: bool = False,
     ):
         super().__init__()
-        if gating != "learned" and not isinstance(gating, (int, float)):
+        if gating != "learned" and (isinstance(gating, bool) or not isinstance(gating, (int, float))):
             raise ValueError(f"gating must be 'learned' or a number, got {gating!r}")
         if fusion not in ("learned", "sum"):
             raise ValueError(f"fusion must be 'learned' or 'sum', got {fusion!r}")
         if channels < 2:
             raise ValueError(f"GSF needs at least 2 channels, got {channels}")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         self.channels = channels
         self.num_frames = num_frames
         self.shift_ratio = shift_ratio
@@ -91,59 +178,297 @@ class GSF(nn.Module):
         return (f"channels={self.channels}, processed={self.processed}, num_frames={self.num_frames}, "
                 f"gating={self.gating!r}, fusion={self.fusion!r}, channel_shuffle={self.channel_shuffle}")
 
-    def _gate(self, xp: torch.Tensor, n: int, t: int) -> torch.Tensor:
-        """tanh(W_g * X) per group: (N, T, 2, 1, H, W).
-
-        The 3x3x3 conv is computed as a 2D conv giving one plane per temporal tap, summed with a
-        +-1 frame offset: the same multiply-adds as the 3D conv, at 2D-conv speed on CPU.
-        """
-        half = self.processed // 2
-        h, w = xp.shape[-2:]
-        z = F.relu(self.gate_norm(xp))
-        # (2, half, kt, kh, kw) -> (2*kt, half, kh, kw): output plane (group g, tap k).
-        weight = self.gate_weight.permute(0, 2, 1, 3, 4).reshape(6, half, 3, 3)
-        taps = F.conv2d(z, weight, padding=1, groups=2).view(n, t, 2, 3, h, w)
-        gate = taps[:, :, :, 1] + self.gate_bias.view(1, 1, 2, 1, 1)
-        # Tap 0 looks one frame back, tap 2 one frame ahead (zero-padded at the clip ends).
-        gate = torch.cat([gate[:, :1], gate[:, 1:] + taps[:, :-1, :, 0]], dim=1)
-        gate = torch.cat([gate[:, :-1] + taps[:, 1:, :, 2], gate[:, -1:]], dim=1)
-        return torch.tanh(gate).unsqueeze(3)
-
-    def _fuse_weight(self, conv: nn.Conv2d, shifted: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """sigma(W_f * [phi(shifted); phi(residual)]) from pooled (N, T, C/2) inputs -> (N, T, C/2, 1, 1)."""
-        pair = torch.stack([shifted, residual], dim=1).transpose(2, 3)  # (N, 2, C/2, T)
-        return torch.sigmoid(conv(pair)).squeeze(1).transpose(1, 2)[..., None, None]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"GSF expects (N*T, {self.channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[0] % self.num_frames:
+            raise ValueError(f"GSF: batch of {x.shape[0]} frames is not a multiple of num_frames={self.num_frames}")
+        x = x.contiguous()
+        if _grad_needed(x, self):
+            return _GSFFunction.apply(self, x, *self.parameters())
+        with torch.no_grad():
+            return self._forward_impl(x, None)
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def _gate_input(self, xp: torch.Tensor):
+        """relu(BN(X)) as (z, gate weight, GEMM bias), with BN folded into the GEMM in eval mode.
+
+        Runs without autograd; the backward pass re-runs the plain BatchNorm + ReLU instead of
+        differentiating the fold (whose gradient would be wrong for a BN scale of exactly 0).
+        """
+        weight = self.gate_weight  # (2, C/2, kt, kh, kw)
+        bn = self.gate_norm
+        # Folding pays where BatchNorm is slow: on a channel slice of a larger tensor (shift_ratio
+        # < 1) it runs at about half speed. On a whole contiguous tensor BN + ReLU is as fast as
+        # the fold's one pass plus its per-channel arithmetic (measured, BN-Inception sizes).
+        if self.training or torch.jit.is_tracing() or bn.running_mean is None or xp.is_contiguous():
+            return F.relu(bn(xp)), weight, None
+        p, half = self.processed, self.processed // 2
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        if xp.device.type == "cpu" and bool((scale > 0).all()):  # the usual case; no host sync on GPU
+            z = torch.maximum(xp, (-shift / scale).view(p, 1, 1))
+        else:
+            # s > 0: clamp below at -b/s; s < 0: clamp above; s = 0: z = 0 and relu(b) is constant.
+            inf = torch.full_like(scale, math.inf)
+            zero = torch.zeros_like(scale)
+            lo = torch.where(scale > 0, -shift / scale, torch.where(scale < 0, -inf, zero))
+            hi = torch.where(scale < 0, -shift / scale, torch.where(scale > 0, inf, zero))
+            z = torch.clamp(xp, lo.view(p, 1, 1), hi.view(p, 1, 1))
+            shift = torch.where(scale == 0, shift.clamp_min(0), shift)
+        # relu(s*x + b) = s*z + b with z above, so W * relu(BN(x)) = (W*s) * z + (W * b).
+        const = (weight * shift.view(2, half, 1, 1, 1)).sum(1)  # (2, kt, kh, kw)
+        return z, weight * scale.view(2, half, 1, 1, 1), const
+
+    def _gate_rows(self, weight: torch.Tensor, nt: int) -> torch.Tensor:
+        """(2, C/2, kt, kh, kw) -> (N*T*2, 27, C/2): the 27 taps as GEMM rows, per frame and group."""
+        half = weight.shape[1]
+        return weight.permute(0, 2, 3, 4, 1).reshape(1, 2, 27, half).expand(nt, 2, 27, half).reshape(nt * 2, 27, half)
+
+    def _gate_cols(self, xp: torch.Tensor, n: int, t: int) -> torch.Tensor:
+        """Per-tap planes of the 3x3x3 gate conv of relu(BN(X)): (N, T, 2, kt, 9, H, W).
+
+        One GEMM per (frame, group) with the 27 taps as output rows; ``_sum_taps`` adds them up.
+        """
+        nt, p, h, w = xp.shape
+        z, weight, const = self._gate_input(xp)
+        rows = self._gate_rows(weight, nt)
+        z = z.reshape(nt * 2, p // 2, h * w)
+        if const is None:
+            cols = torch.bmm(rows, z)
+        else:
+            cols = torch.baddbmm(const.reshape(1, 2, 27, 1).expand(nt, 2, 27, 1).reshape(nt * 2, 27, 1), rows, z)
+        return cols.view(n, t, 2, 3, 9, h, w)
+
+    def _fuse_weights(self, pooled_s: torch.Tensor, pooled_r: torch.Tensor) -> torch.Tensor:
+        """(7), (8): sigma(W_f * [phi(S); phi(R)]) from pooled (N, T, 2, C/2) -> (N, T, 2, C/2)."""
+        def weight_map(conv, s, r):  # (N, T, C/2) each
+            pair = torch.stack([s, r], dim=1).transpose(2, 3)  # (N, 2, C/2, T)
+            return torch.sigmoid(conv(pair)).squeeze(1).transpose(1, 2)
+
+        # Two tiny convs: on CPU a single groups=2 conv is slower (mkldnn setup per call).
+        return torch.stack([weight_map(self.fuse1, pooled_s[:, :, 0], pooled_r[:, :, 0]),
+                            weight_map(self.fuse2, pooled_s[:, :, 1], pooled_r[:, :, 1])], dim=2)
+
+    def _output_view(self, out: torch.Tensor, n: int, t: int) -> torch.Tensor:
+        """The processed channels of ``out`` as (N, T, group, C/2, H, W), honouring channel_shuffle."""
+        nt, c, h, w = out.shape
+        p, half = self.processed, self.processed // 2
+        if self.channel_shuffle:  # output channel 2i is Z1[i], 2i+1 is Z2[i]
+            return out[:, :p].view(n, t, half, 2, h, w).transpose(2, 3)
+        return out[:, :p].view(n, t, 2, half, h, w)
+
+    @staticmethod
+    def _shifted_gated(xg: torch.Tensor, gate, t: int) -> torch.Tensor:
+        """(5), (6) of (1), (2): S = [shift_fw(g1 * X1), shift_bw(g2 * X2)], one pass, zero frames at the ends."""
+        s = torch.empty_like(xg)
+        if t > 1:
+            if isinstance(gate, float):
+                torch.mul(xg[:, :-1, 0], gate, out=s[:, 1:, 0])
+                torch.mul(xg[:, 1:, 1], gate, out=s[:, :-1, 1])
+            else:
+                torch.mul(xg[:, :-1, 0], gate[:, :-1, 0], out=s[:, 1:, 0])
+                torch.mul(xg[:, 1:, 1], gate[:, 1:, 1], out=s[:, :-1, 1])
+        s[:, 0, 0] = 0
+        s[:, -1, 1] = 0
+        return s
+
+    # -- forward / backward ------------------------------------------------------------------
+
+    def _forward_impl(self, x: torch.Tensor, ctx) -> torch.Tensor:
+        """The whole module without autograd; with ``ctx`` (training), also saves what backward needs."""
         nt, c, h, w = x.shape
         t = self.num_frames
-        if nt % t:
-            raise ValueError(f"GSF: batch of {nt} frames is not a multiple of num_frames={t}")
         n, p, half = nt // t, self.processed, self.processed // 2
         xp = x[:, :p]
-        groups = xp.reshape(n, t, 2, half, h, w)
+        xg = xp.view(n, t, 2, half, h, w)
+        cols = None
         if self.gating == "learned":
-            gated = groups * self._gate(xp, n, t)  # Y = tanh(W_g * X) . X   (1), (2)
+            cols = self._gate_cols(xp, n, t)
+            gate = torch.tanh(_sum_taps(cols, self.gate_bias)).to(x.dtype).unsqueeze(3)  # (N, T, 2, 1, H, W)
         else:
-            gated = groups * float(self.gating)
-        residual = groups - gated  # R = X - Y   (3), (4)
-        y1, y2 = gated[:, :, 0], gated[:, :, 1]
-        r1, r2 = residual[:, :, 0], residual[:, :, 1]
-        s1, s2 = _shift_forward(y1), _shift_backward(y2)  # (5), (6)
+            gate = float(self.gating)
+        out = torch.empty_like(x)
+        if p < c:
+            out[:, p:] = x[:, p:]
+        z = self._output_view(out, n, t)
+        s = self._shifted_gated(xg, gate, t)  # (1), (2), (5), (6)
+        torch.mul(xg, 1 - gate, out=z)  # R = X - Y = (1 - g) X   (3), (4)
+        pooled = fuse = None
         if self.fusion == "learned":
-            # phi commutes with the shift, so pool Y and X once and shift the pooled planes.
-            py = gated.mean(dim=(-2, -1))
-            pr = groups.mean(dim=(-2, -1)) - py
-            f1 = self._fuse_weight(self.fuse1, _shift_forward(py[:, :, 0]), pr[:, :, 0])  # (7)
-            f2 = self._fuse_weight(self.fuse2, _shift_backward(py[:, :, 1]), pr[:, :, 1])  # (8)
-            z1, z2 = torch.lerp(r1, s1, f1), torch.lerp(r2, s2, f2)  # (9), (10)
+            pooled = s.mean(dim=(-2, -1)), z.mean(dim=(-2, -1))  # phi
+            fuse = self._fuse_weights(*pooled).to(x.dtype)[..., None, None]  # (N, T, 2, C/2, 1, 1)
+            z.lerp_(s, fuse)  # Z = F S + (1 - F) R   (9), (10)
         else:
-            z1, z2 = s1 + r1, s2 + r2
-        dim = 3 if self.channel_shuffle else 2
-        z = torch.stack([z1, z2], dim=dim).reshape(nt, p, h, w)
-        if p == c:
-            return z
-        return torch.cat([z, x[:, p:]], dim=1)
+            z += s
+        if ctx is not None:
+            ctx.fixed_gate = gate if cols is None else None
+            ctx.save_for_backward(x, s, cols, None if cols is None else gate,
+                                  *(pooled if pooled is not None else (None, None)), fuse)
+        return out
+
+    def _backward_impl(self, ctx, grad_out: torch.Tensor):
+        """Gradients of ``_forward_impl`` for x and every parameter (in ``self.parameters()`` order).
+
+        The elementwise part is differentiated by hand; the gate conv's two GEMMs too. Autograd
+        only sees the small fusion conv (re-run on the saved pooled values) and BatchNorm + ReLU
+        (re-run on x: one pass, instead of keeping its output from forward).
+        """
+        x, s, cols, gate, pooled_s, pooled_r, fuse = ctx.saved_tensors
+        if gate is None:
+            gate = ctx.fixed_gate
+        nt, c, h, w = x.shape
+        t = self.num_frames
+        n, p, half = nt // t, self.processed, self.processed // 2
+        grad_out = grad_out.contiguous()
+        gz = self._output_view(grad_out, n, t)  # dL/dZ
+        xp = x[:, :p]
+        xg = xp.view(n, t, 2, half, h, w)
+        params = dict(self.named_parameters())
+        grads = {}
+
+        grad_x = torch.empty_like(x)
+        if p < c and ctx.needs_input_grad[1]:
+            grad_x[:, p:] = grad_out[:, p:]
+        gx = grad_x[:, :p].view(n, t, 2, half, h, w)  # holds dR, then dX
+        # diff = U - dR, with U the gradient of S un-shifted back onto the frames it came from
+        # (U[t] = dS[t+1] in group 1, dS[t-1] in group 2, zero for the frame that fell off the clip
+        # end). Then dX = (1 - g) dR + g U = dR + g diff, and dg = sum_c X diff.
+        diff = torch.empty_like(xg)
+        if fuse is not None:
+            # dL/dF = sum_hw dZ (S - R); the fusion conv is differentiated by autograd.
+            torch.mul(xg, 1 - gate, out=diff)
+            torch.sub(s, diff, out=diff).mul_(gz)
+            grad_fuse = diff.sum(dim=(-2, -1))
+            fuse_params = {k: v for k, v in params.items() if k.startswith("fuse") and v.requires_grad}
+            with torch.enable_grad():
+                pooled = (pooled_s.detach().requires_grad_(), pooled_r.detach().requires_grad_())
+                f = self._fuse_weights(*pooled)
+                got = torch.autograd.grad(f, [*pooled, *fuse_params.values()], grad_fuse.to(f.dtype))
+            grads.update(zip(fuse_params, got[2:]))
+            # phi is a mean: its gradient spreads evenly over the H*W positions.
+            grad_ps, grad_pr = (g.to(x.dtype)[..., None, None] / (h * w) for g in got[:2])
+            torch.addcmul(grad_pr, gz, 1 - fuse, out=gx)  # dR = (1 - F) dZ + dphi(R)
+            # dS = F dZ + dphi(S): the pooled part goes in first, un-shifted, then F dZ below.
+            u_pooled = torch.zeros_like(grad_ps)
+            u_pooled[:, :-1, 0] = grad_ps[:, 1:, 0]
+            u_pooled[:, 1:, 1] = grad_ps[:, :-1, 1]
+            torch.sub(u_pooled, gx, out=diff)
+        else:
+            gx.copy_(gz)  # dR = dS = dZ
+            torch.neg(gx, out=diff)
+        for grp, dst, src in ((0, slice(0, t - 1), slice(1, t)), (1, slice(1, t), slice(0, t - 1))):
+            if fuse is None:
+                diff[:, dst, grp] += gz[:, src, grp]
+            else:
+                diff[:, dst, grp].addcmul_(gz[:, src, grp], fuse[:, src, grp])
+        if cols is None:
+            gx.add_(diff, alpha=gate)
+        else:
+            gx.addcmul_(diff, gate)
+            grad_x[:, :p] += self._gate_backward(xp, cols, gate, diff.mul_(xg).sum(dim=3), grads)
+        return (grad_x if ctx.needs_input_grad[1] else None,) + tuple(grads.get(k) for k in params)
+
+    def _gate_backward(self, xp, cols, gate, grad_gate, grads) -> torch.Tensor:
+        """From dL/dg (N, T, 2, H, W): the gate parameters' gradients (into ``grads``) and dL/dX."""
+        nt, p, h, w = xp.shape
+        bn = self.gate_norm
+        grad_pre = grad_gate * (1 - gate.squeeze(3) ** 2)  # tanh'
+        grad_cols, grads["gate_bias"] = _sum_taps_adjoint(grad_pre, cols.shape)
+        grad_cols = grad_cols.view(nt * 2, 27, h * w)
+        # BatchNorm + ReLU again, with autograd (batch statistics in training; no running-stat update).
+        with torch.enable_grad():
+            leaf = xp.detach().requires_grad_()
+            batch_stats = self.training or bn.running_mean is None
+            z = F.relu(F.batch_norm(leaf, None if batch_stats else bn.running_mean,
+                                    None if batch_stats else bn.running_var,
+                                    bn.weight, bn.bias, batch_stats, 0.0, bn.eps))
+        # cols = rows @ z per (frame, group): the two GEMMs of its backward, in the activations'
+        # dtype (fp16/bf16 under autocast), the weight gradient returned in the weight's.
+        zb = z.detach().reshape(nt * 2, p // 2, h * w).to(grad_cols.dtype)
+        rows = self._gate_rows(self.gate_weight, nt).to(grad_cols.dtype)
+        grad_rows = torch.bmm(grad_cols, zb.transpose(1, 2)).view(nt, 2, 3, 3, 3, p // 2).sum(0)
+        grads["gate_weight"] = grad_rows.permute(0, 4, 1, 2, 3).to(self.gate_weight.dtype)
+        grad_z = torch.bmm(rows.transpose(1, 2), grad_cols).view(nt, p, h, w)
+        norm_params = {k: v for k, v in (("gate_norm.weight", bn.weight), ("gate_norm.bias", bn.bias))
+                       if v.requires_grad}
+        got = torch.autograd.grad(z, [leaf, *norm_params.values()], grad_z.to(z.dtype))
+        grads.update(zip(norm_params, got[1:]))
+        return got[0]
+
+
+class _GSFFunction(torch.autograd.Function):
+    """GSF with a hand-written backward; inputs (module, x, *module.parameters())."""
+
+    @staticmethod
+    def forward(ctx, module: GSF, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.module = module
+        # Backward re-runs BN and the fusion conv: under the same autocast as forward.
+        device = x.device.type
+        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
+        return module._forward_impl(x, ctx)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        device, dtype, enabled = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return (None,) + ctx.module._backward_impl(ctx, grad_out)
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter-free shifts (TSM, STSM)
+# --------------------------------------------------------------------------------------------
+
+# A move: channels [start, stop) shifted by +-1 along dim (1: time, 3: height, 4: width of the
+# (N, T, C, H, W) view); +1 means content moves towards the higher index, zero-filled behind.
+
+
+def _apply_moves(x: torch.Tensor, num_frames: int, moves, reverse: bool = False) -> torch.Tensor:
+    """One output tensor, every element written once; ``reverse`` applies the adjoint (backward)."""
+    nt, c, h, w = x.shape
+    src = x.view(nt // num_frames, num_frames, c, h, w)
+    out = torch.empty_like(x)
+    dst = out.view_as(src)
+    moved_to = max(stop for _, stop, _, _ in moves)
+    if moved_to < c:
+        dst[:, :, moved_to:] = src[:, :, moved_to:]
+    for start, stop, dim, step in moves:
+        step = -step if reverse else step
+        a, b = src[:, :, start:stop], dst[:, :, start:stop]
+        size = a.shape[dim]
+        if step > 0:
+            b.narrow(dim, 1, size - 1).copy_(a.narrow(dim, 0, size - 1))
+            b.narrow(dim, 0, 1).zero_()
+        else:
+            b.narrow(dim, 0, size - 1).copy_(a.narrow(dim, 1, size - 1))
+            b.narrow(dim, size - 1, 1).zero_()
+    return out
+
+
+class _ShiftFunction(torch.autograd.Function):
+    """A zero-padded shift is linear; its backward is the opposite shift of the gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, num_frames: int, moves) -> torch.Tensor:
+        ctx.num_frames, ctx.moves = num_frames, moves
+        return _apply_moves(x, num_frames, moves)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        return _apply_moves(grad_out.contiguous(), ctx.num_frames, ctx.moves, reverse=True), None, None
+
+
+def _shift(x: torch.Tensor, num_frames: int, moves) -> torch.Tensor:
+    nt = x.shape[0]
+    if nt % num_frames:
+        raise ValueError(f"batch of {nt} frames is not a multiple of num_frames={num_frames}")
+    x = x.contiguous()
+    if torch.is_grad_enabled() and x.requires_grad and not torch.jit.is_tracing():
+        return _ShiftFunction.apply(x, num_frames, moves)
+    return _apply_moves(x, num_frames, moves)
 
 
 class TemporalShift(nn.Module):
@@ -153,17 +478,17 @@ class TemporalShift(nn.Module):
         super().__init__()
         self.channels, self.num_frames, self.fold_div = channels, num_frames, fold_div
         self.fold = channels // fold_div
+        f = self.fold
+        # [0, f): frame t sees t+1; [f, 2f): frame t sees t-1.
+        self._moves = ((0, f, 1, -1), (f, 2 * f, 1, 1)) if f else ()
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, num_frames={self.num_frames}, fold_div={self.fold_div}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        nt, c, h, w = x.shape
-        t, f = self.num_frames, self.fold
-        v = x.view(nt // t, t, c, h, w)
-        back = _shift_backward(v[:, :, :f])  # frame t sees t+1
-        fwd = _shift_forward(v[:, :, f:2 * f])  # frame t sees t-1
-        return torch.cat([back, fwd, v[:, :, 2 * f:]], dim=2).view(nt, c, h, w)
+        if not self._moves:
+            return x.clone()
+        return _shift(x, self.num_frames, self._moves)
 
 
 class SpatioTemporalShift(nn.Module):
@@ -181,29 +506,19 @@ class SpatioTemporalShift(nn.Module):
         self.tf, self.sf = channels // temporal_fold_div, channels // spatial_fold_div
         if 2 * self.tf + 4 * self.sf > channels:
             raise ValueError(f"STSM folds ({temporal_fold_div}, {spatial_fold_div}) exceed {channels} channels")
+        tf, sf = self.tf, self.sf
+        moves = [(0, tf, 1, -1), (tf, 2 * tf, 1, 1)]
+        start = 2 * tf
+        for dim, step in ((3, 1), (3, -1), (4, 1), (4, -1)):  # down, up, right, left
+            moves.append((start, start + sf, dim, step))
+            start += sf
+        self._moves = tuple(m for m in moves if m[1] > m[0])
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, num_frames={self.num_frames}, "
                 f"temporal_fold_div={self.temporal_fold_div}, spatial_fold_div={self.spatial_fold_div}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        nt, c, h, w = x.shape
-        t, tf, sf = self.num_frames, self.tf, self.sf
-        v = x.view(nt // t, t, c, h, w)
-        parts = [_shift_backward(v[:, :, :tf]), _shift_forward(v[:, :, tf:2 * tf])]
-        start = 2 * tf
-        for dim, step in ((-2, 1), (-2, -1), (-1, 1), (-1, -1)):
-            chunk = v[:, :, start:start + sf]
-            parts.append(_shift_spatial(chunk, dim, step))
-            start += sf
-        parts.append(v[:, :, start:])
-        return torch.cat(parts, dim=2).view(nt, c, h, w)
-
-
-def _shift_spatial(x: torch.Tensor, dim: int, step: int) -> torch.Tensor:
-    """Shift by one pixel along ``dim`` (+1: content moves towards higher index), zero-filled."""
-    size = x.shape[dim]
-    zeros = torch.zeros_like(x.narrow(dim, 0, 1))
-    if step > 0:
-        return torch.cat([zeros, x.narrow(dim, 0, size - 1)], dim=dim)
-    return torch.cat([x.narrow(dim, 1, size - 1), zeros], dim=dim)
+        if not self._moves:
+            return x.clone()
+        return _shift(x, self.num_frames, self._moves)

@@ -1,0 +1,385 @@
+"""The temporal modules: GSF against the literal equations (tests/gsf_reference.py), its
+properties, and the parameter-free shifts (TSM, STSM).
+
+hypothesis is not installed in this environment, so the grids are plain parametrize.
+Everything runs in float64 so "equal to the reference" can be checked tightly.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+
+import pytest
+import torch
+
+from gsf.modules import GSF, SpatioTemporalShift, TemporalShift, processed_channels
+
+sys.path.insert(0, os.path.dirname(__file__))
+from gsf_reference import gsf_reference  # noqa: E402
+
+DT = torch.float64
+TOL = dict(rtol=1e-9, atol=1e-11)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: a second OpenMP thread only adds synchronisation (seconds on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_gsf(channels=12, num_frames=4, shift_ratio=1.0, gating="learned", fusion="learned",
+             channel_shuffle=False, train=True, seed=0, bn_scale="mixed"):
+    """A GSF in float64 with every parameter and BN statistic randomised (not the zero/one init)."""
+    torch.manual_seed(seed)
+    m = GSF(channels, num_frames, shift_ratio, gating, fusion, channel_shuffle).to(DT)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+        if gating == "learned":
+            bn = m.gate_norm
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            if bn_scale == "positive":
+                bn.weight.abs_().add_(0.1)
+            elif bn_scale == "mixed":  # negative and exactly-zero scales take the general eval path
+                bn.weight[0] = 0.0
+                bn.weight[1] = -abs(bn.weight[1].item()) - 0.1
+    return m.train(train)
+
+
+def clip(n=2, t=4, c=12, h=5, w=6, seed=1):
+    torch.manual_seed(seed)
+    return torch.randn(n * t, c, h, w, dtype=DT)
+
+
+def grads_of(fn, module, x, grad_out):
+    x = x.detach().requires_grad_()
+    out = fn(x)
+    params = [x] + list(module.parameters())
+    return out, torch.autograd.grad(out, params, grad_out)
+
+
+# --------------------------------------------------------------------------------------------
+# Equivalence with the reference
+# --------------------------------------------------------------------------------------------
+
+CONFIGS = [
+    (gating, fusion)
+    for gating, fusion in itertools.product(["learned", 1, -1, 0], ["learned", "sum"])
+]
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("channel_shuffle", [False, True], ids=["concat", "shuffle"])
+@pytest.mark.parametrize("shift_ratio", [0.25, 1.0])
+@pytest.mark.parametrize("gating,fusion", CONFIGS)
+def test_outputs_and_gradients_match_reference(gating, fusion, shift_ratio, channel_shuffle, train):
+    m = make_gsf(16, 4, shift_ratio, gating, fusion, channel_shuffle, train)
+    x = clip(c=16)
+    grad_out = torch.randn_like(x)
+    stats_before = {k: v.clone() for k, v in m.state_dict().items() if "running" in k}
+    ref_stats = {}
+    ref, ref_grads = grads_of(lambda v: gsf_reference(m, v, ref_stats), m, x, grad_out)
+    out, got_grads = grads_of(m, m, x, grad_out)
+    torch.testing.assert_close(out, ref, **TOL)
+    for name, a, b in zip(["x"] + [k for k, _ in m.named_parameters()], got_grads, ref_grads):
+        torch.testing.assert_close(a, b, **TOL, msg=f"gradient of {name}")
+    if gating == "learned":
+        bn = m.gate_norm
+        if train:  # one update of the running statistics, the same as BatchNorm3d's
+            torch.testing.assert_close(bn.running_mean, ref_stats["mean"], **TOL)
+            torch.testing.assert_close(bn.running_var, ref_stats["var"], **TOL)
+        else:
+            assert torch.equal(bn.running_mean, stats_before["gate_norm.running_mean"])
+
+
+@pytest.mark.parametrize("bn_scale", ["positive", "mixed"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shift_ratio,channel_shuffle", [(0.25, False), (1.0, True)])
+def test_inference_path_matches_reference(shift_ratio, channel_shuffle, train, bn_scale):
+    """Without autograd (inference_mode / no_grad) a different code path runs; eval mode folds
+    BatchNorm + ReLU into the gate GEMM, with a special case for positive BN scales."""
+    m = make_gsf(16, 4, shift_ratio, channel_shuffle=channel_shuffle, train=train, bn_scale=bn_scale)
+    x = clip(c=16)
+    with torch.no_grad():
+        ref = gsf_reference(m, x)
+    with torch.inference_mode():
+        out = m(x)
+    torch.testing.assert_close(out, ref, **TOL)
+
+
+@pytest.mark.parametrize("n,t,h,w", [(1, 1, 3, 3), (2, 2, 1, 1), (1, 3, 1, 4), (3, 5, 2, 7)])
+@pytest.mark.parametrize("grad", [True, False])
+def test_odd_sizes_match_reference(n, t, h, w, grad):
+    """One frame (everything shifts out), 1x1 maps (every spatial tap but the centre is padding)."""
+    m = make_gsf(6, t, 1.0, train=False)
+    x = clip(n, t, 6, h, w)
+    if grad:
+        grad_out = torch.randn_like(x)
+        ref, ref_grads = grads_of(lambda v: gsf_reference(m, v), m, x, grad_out)
+        out, got_grads = grads_of(m, m, x, grad_out)
+        for a, b in zip(got_grads, ref_grads):
+            torch.testing.assert_close(a, b, **TOL)
+    else:
+        with torch.no_grad():
+            ref, out = gsf_reference(m, x), m(x)
+    torch.testing.assert_close(out, ref, **TOL)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_gradcheck_small(train):
+    """Finite differences, independent of the reference."""
+    m = make_gsf(4, 3, 0.5, channel_shuffle=True, train=train)
+    x = clip(2, 3, 4, 3, 2).requires_grad_()
+    assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_traced_module_matches_reference_and_fvcore_counts_the_gate_conv():
+    """fvcore traces the module: the trace must compute GSF and count 27*C*T*H*W for the gate conv,
+    2*C*T*H*W for its BatchNorm (eval) and 18*C*T for the fusion convs (C = processed channels)."""
+    n, t, c, h, w = 1, 4, 16, 5, 6
+    m = make_gsf(c, t, 0.5, train=False)
+    x = clip(n, t, c, h, w)
+    traced = torch.jit.trace(m, x, check_trace=False)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), gsf_reference(m, x), **TOL)
+    fvcore = pytest.importorskip("fvcore.nn")
+    analysis = fvcore.FlopCountAnalysis(m, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    p = m.processed
+    assert analysis.total() == 27 * p * t * h * w + 2 * p * t * h * w + 18 * p * t * n
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_autocast_low_precision(train):
+    """Under autocast (bf16 on CPU here; fp16 on CUDA takes the same code) activations arrive in
+    low precision: forward and backward run, parameter gradients stay fp32 and near fp32's."""
+    import copy
+
+    m = make_gsf(32, 4, 0.5, train=train).float()
+    ref = copy.deepcopy(m)
+    x = torch.randn(8, 32, 6, 6)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(xa.to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    ref(xb).square().sum().backward()
+    rel = lambda a, b: ((a.float() - b).norm() / b.norm()).item()  # noqa: E731
+    assert rel(xa.grad, xb.grad) < 0.05
+    for (name, p), q in zip(m.named_parameters(), ref.parameters()):
+        assert p.grad.dtype == torch.float32 and rel(p.grad, q.grad) < 0.05, name
+
+
+def test_parameter_count():
+    for c in (64, 256, 1000):
+        for ratio in (0.25, 1.0):
+            p = processed_channels(c, ratio)
+            assert sum(q.numel() for q in GSF(c, 8, ratio).parameters()) == 29 * p + 40
+            assert sum(q.numel() for q in GSF(c, 8, ratio, fusion="sum").parameters()) == 29 * p + 2
+            assert sum(q.numel() for q in GSF(c, 8, ratio, gating=1, fusion="sum").parameters()) == 0
+
+
+def test_frozen_parameters():
+    """Some parameters frozen (e.g. fine-tuning): the others still get the reference's gradients."""
+    m = make_gsf(12, 4, 0.5)
+    for p in list(m.gate_norm.parameters()) + list(m.fuse1.parameters()):
+        p.requires_grad_(False)
+    x = clip()
+    grad_out = torch.randn_like(x)
+    trainable = [x.requires_grad_()] + [p for p in m.parameters() if p.requires_grad]
+    ref = torch.autograd.grad(gsf_reference(m, x), trainable, grad_out)
+    got = torch.autograd.grad(m(x), trainable, grad_out)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+# --------------------------------------------------------------------------------------------
+# Properties
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_gating_zero_with_sum_is_identity(grad):
+    m = make_gsf(12, 4, 0.5, gating=0, fusion="sum")
+    x = clip().requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        assert torch.equal(m(x), x)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_gating_one_with_sum_is_a_pure_shift(grad):
+    """Group 1 forward (frame t gets t-1), group 2 backward (t gets t+1), zeros at the clip ends."""
+    n, t, c = 2, 4, 12
+    m = make_gsf(c, t, 0.5, gating=1, fusion="sum")
+    p, half = m.processed, m.processed // 2
+    x = clip(n, t, c).requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        out = m(x).detach().view(n, t, c, 5, 6)
+    v = x.detach().view(n, t, c, 5, 6)
+    assert torch.equal(out[:, 1:, :half], v[:, :-1, :half])
+    assert torch.equal(out[:, :-1, half:p], v[:, 1:, half:p])
+    assert not out[:, 0, :half].any() and not out[:, -1, half:p].any()
+    assert torch.equal(out[:, :, p:], v[:, :, p:])
+
+
+@pytest.mark.parametrize("gating,fusion", CONFIGS)
+@pytest.mark.parametrize("shift_ratio", [0.25, 0.5])
+def test_channels_beyond_shift_ratio_pass_through(gating, fusion, shift_ratio):
+    m = make_gsf(16, 4, shift_ratio, gating, fusion, channel_shuffle=True)
+    x = clip(c=16)
+    p = m.processed
+    assert p < 16
+    assert torch.equal(m(x.requires_grad_())[:, p:], x[:, p:])
+    with torch.no_grad():
+        assert torch.equal(m(x)[:, p:], x[:, p:])
+
+
+@pytest.mark.parametrize("gating,fusion", CONFIGS)
+def test_clips_never_mix(gating, fusion):
+    """Eval mode: in train mode BatchNorm's batch statistics do (by design) span the batch."""
+    n, t = 3, 4
+    m = make_gsf(12, t, 1.0, gating, fusion, train=False)
+    x = clip(n, t)
+    y = x.clone()
+    y[:t] += torch.randn_like(y[:t])  # perturb every frame of clip 0
+    with torch.no_grad():
+        a, b = m(x), m(y)
+    assert not torch.allclose(a[:t], b[:t])
+    assert torch.equal(a[t:], b[t:])
+
+
+@pytest.mark.parametrize("gating,fusion", [("learned", "learned"), ("learned", "sum"), (-1, "learned")])
+def test_every_parameter_gets_a_gradient(gating, fusion):
+    m = make_gsf(12, 4, 0.5, gating, fusion)
+    x = clip().requires_grad_()
+    m(x).pow(2).sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+
+
+# The temporal reach of one output frame, in frames each way:
+# - gate g[t] sees frames t-1..t+1 (3x3x3 conv); R[t] = (1 - g[t]) X[t] the same;
+# - S[t] = g[t-1] X[t-1] (group 1) or g[t+1] X[t+1] (group 2): t-2..t+2 (fixed gate: t-1..t+1);
+# - the fusion weight F[t] convolves the pooled S and R over frames t-1..t+1: one more each way;
+# - Z[t] = lerp(R[t], S[t], F[t]).
+# So learned/learned reaches 3 frames, learned/sum and fixed/learned 2, fixed/sum 1. Gating 1
+# with sum is a pure shift: R = 0, so frame s itself does not see x[s].
+REACH = {("learned", "learned"): 3, ("learned", "sum"): 2, (1, "learned"): 2, (-1, "learned"): 2,
+         (-1, "sum"): 1}
+
+
+@pytest.mark.parametrize("gating,fusion", list(REACH) + [(1, "sum")])
+def test_temporal_receptive_field(gating, fusion):
+    t, s = 10, 4
+    m = make_gsf(12, t, 1.0, gating, fusion, train=False)
+    x = clip(1, t)
+    y = x.clone()
+    y[s] += torch.randn_like(y[s])
+    with torch.no_grad():
+        changed = [not torch.equal(a, b) for a, b in zip(m(x), m(y))]
+    if (gating, fusion) == (1, "sum"):
+        assert changed == [abs(f - s) == 1 for f in range(t)]
+    else:
+        assert changed == [abs(f - s) <= REACH[(gating, fusion)] for f in range(t)]
+
+
+def test_processed_channels_even_and_follow_shift_ratio():
+    for c in range(2, 80):
+        for ratio in (0.01, 0.125, 0.25, 0.3, 0.5, 0.75, 1.0):
+            p = processed_channels(c, ratio)
+            assert p % 2 == 0 and 2 <= p <= c
+            assert abs(p - c * ratio) <= 2 or p == 2
+            assert GSF(c, 4, ratio).processed == p
+    assert processed_channels(256, 0.25) == 64 and processed_channels(64, 1.0) == 64
+    assert processed_channels(7, 1.0) == 6
+
+
+@pytest.mark.parametrize("kwargs", [dict(shift_ratio=0), dict(shift_ratio=1.5), dict(shift_ratio=-0.25),
+                                    dict(gating="foo"), dict(fusion="foo"), dict(gating=None)])
+def test_bad_arguments_raise(kwargs):
+    with pytest.raises(ValueError):
+        GSF(16, 8, **kwargs)
+
+
+def test_bad_inputs_raise():
+    m = GSF(16, 8)
+    with pytest.raises(ValueError):
+        m(torch.randn(12, 16, 4, 4))  # not a multiple of num_frames
+    with pytest.raises(ValueError):
+        m(torch.randn(8, 15, 4, 4))  # wrong channel count
+
+
+def test_input_is_not_modified():
+    m = make_gsf(12, 4, 0.5)
+    x = clip()
+    x0 = x.clone()
+    m(x.requires_grad_()).sum().backward()
+    with torch.no_grad():
+        m(x)
+    assert torch.equal(x.detach(), x0)
+
+
+# --------------------------------------------------------------------------------------------
+# TSM and STSM
+# --------------------------------------------------------------------------------------------
+
+
+def test_tsm_moves_its_folds_and_zero_pads():
+    n, t, c = 2, 4, 16
+    m = TemporalShift(c, t, fold_div=8)
+    f = c // 8
+    x = clip(n, t, c)
+    out = m(x).view(n, t, c, 5, 6)
+    v = x.view(n, t, c, 5, 6)
+    assert out.shape == v.shape
+    assert torch.equal(out[:, :-1, :f], v[:, 1:, :f]) and not out[:, -1, :f].any()  # t sees t+1
+    assert torch.equal(out[:, 1:, f:2 * f], v[:, :-1, f:2 * f]) and not out[:, 0, f:2 * f].any()  # t sees t-1
+    assert torch.equal(out[:, :, 2 * f:], v[:, :, 2 * f:])
+    moved = (out != v).any(dim=(0, 1, 3, 4))
+    assert moved.float().mean() == 2 / 8
+
+
+def test_stsm_moves_its_folds_and_zero_pads():
+    n, t, c, h, w = 2, 3, 32, 5, 6
+    m = SpatioTemporalShift(c, t)
+    tf, sf = c // 8, c // 16
+    x = clip(n, t, c, h, w)
+    out = m(x).view(n, t, c, h, w)
+    v = x.view(n, t, c, h, w)
+    assert torch.equal(out[:, :-1, :tf], v[:, 1:, :tf]) and not out[:, -1, :tf].any()
+    assert torch.equal(out[:, 1:, tf:2 * tf], v[:, :-1, tf:2 * tf]) and not out[:, 0, tf:2 * tf].any()
+    s = 2 * tf
+    down, up, right, left = (slice(s + i * sf, s + (i + 1) * sf) for i in range(4))
+    assert torch.equal(out[:, :, down, 1:], v[:, :, down, :-1]) and not out[:, :, down, 0].any()
+    assert torch.equal(out[:, :, up, :-1], v[:, :, up, 1:]) and not out[:, :, up, -1].any()
+    assert torch.equal(out[:, :, right, :, 1:], v[:, :, right, :, :-1]) and not out[:, :, right, :, 0].any()
+    assert torch.equal(out[:, :, left, :, :-1], v[:, :, left, :, 1:]) and not out[:, :, left, :, -1].any()
+    assert torch.equal(out[:, :, s + 4 * sf:], v[:, :, s + 4 * sf:])
+    moved = (out != v).any(dim=(0, 1, 3, 4))
+    assert moved.float().mean() == 0.5
+
+
+@pytest.mark.parametrize("module", [TemporalShift(16, 4), SpatioTemporalShift(32, 4)], ids=["tsm", "stsm"])
+def test_shifts_do_not_mix_clips_and_have_the_right_gradient(module):
+    c, t = module.channels, module.num_frames
+    x = clip(3, t, c)
+    y = x.clone()
+    y[:t] += 1.0
+    a, b = module(x), module(y)
+    assert a.shape == x.shape
+    assert torch.equal(a[t:], b[t:])
+    small = clip(2, t, c, 3, 3).requires_grad_()
+    assert torch.autograd.gradcheck(module, (small,), fast_mode=True)
+    with torch.no_grad():
+        assert torch.equal(module(small), module(small.detach().requires_grad_()).detach())
+
+
+def test_stsm_rejects_folds_larger_than_channels():
+    with pytest.raises(ValueError):
+        SpatioTemporalShift(8, 4, temporal_fold_div=2, spatial_fold_div=2)
