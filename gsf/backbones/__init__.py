@@ -22,3 +22,12 @@ from typing import Callable
 from torch import nn
 
 Insert = Callable[[int], nn.Module]
+
+
+def blocks_to_convert(num_blocks: int | None, total: int, backbone: str) -> int:
+    """How many of the last blocks get a module: ``num_blocks`` checked against ``total`` (None = all)."""
+    if num_blocks is None:
+        return total
+    if not 0 <= num_blocks <= total:
+        raise ValueError(f"{backbone} num_blocks must be in 0..{total} (None = all), got {num_blocks}")
+    return num_blocks

@@ -73,7 +73,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from . import Insert
+from . import Insert, blocks_to_convert
 
 __all__ = ["BNInception", "build_bninception", "caffe_state_dict", "load_pretrained", "PLACEMENTS", "BLOCK_NAMES", "INPUT_SIZE"]
 
@@ -219,11 +219,7 @@ def _check(placement: str, num_blocks: int | None) -> int:
     """Validate the arguments; returns the number of blocks that get a module."""
     if placement not in _POINTS:
         raise ValueError(f"BNInception placement must be one of {PLACEMENTS}, got {placement!r}")
-    if num_blocks is None:
-        return len(BLOCK_NAMES)
-    if not 0 <= num_blocks <= len(BLOCK_NAMES):
-        raise ValueError(f"BNInception num_blocks must be in 0..{len(BLOCK_NAMES)} (None = all), got {num_blocks}")
-    return num_blocks
+    return blocks_to_convert(num_blocks, len(BLOCK_NAMES), "BNInception")
 
 
 def _caffe_key_map(model: nn.Module) -> dict[str, str]:

@@ -28,7 +28,7 @@ import torch
 import torchvision
 from torch import nn
 
-from . import Insert
+from . import Insert, blocks_to_convert
 
 __all__ = ["build_inception_v3", "PLACEMENTS", "BLOCK_NAMES", "INPUT_SIZE"]
 
@@ -52,11 +52,7 @@ def _check(placement: str, num_blocks: int | None, width_mult: float) -> int:
         raise ValueError(f"InceptionV3 placement must be one of {PLACEMENTS} (the 1x1 branch), got {placement!r}")
     if width_mult != 1.0:
         raise ValueError(f"InceptionV3 supports only width_mult=1.0, got {width_mult}")
-    if num_blocks is None:
-        return len(BLOCK_NAMES)
-    if not 0 <= num_blocks <= len(BLOCK_NAMES):
-        raise ValueError(f"InceptionV3 num_blocks must be in 0..{len(BLOCK_NAMES)} (None = all), got {num_blocks}")
-    return num_blocks
+    return blocks_to_convert(num_blocks, len(BLOCK_NAMES), "InceptionV3")
 
 
 def _load_pretrained(net: nn.Module, path: str | os.PathLike) -> None:

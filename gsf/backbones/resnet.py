@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from . import Insert
+from . import Insert, blocks_to_convert
 from .weights import load_state_dict
 
 PLACEMENTS = ("conv1", "conv2", "conv3", "all", "input")
@@ -124,9 +124,7 @@ def build_resnet(
     blocks = features.blocks()
     if placement not in PLACEMENTS:
         raise ValueError(f"placement {placement!r} is not one of {list(PLACEMENTS)}")
-    n = len(blocks) if num_blocks is None else num_blocks
-    if not 0 <= n <= len(blocks):
-        raise ValueError(f"num_blocks={num_blocks} but this ResNet has {len(blocks)} blocks")
+    n = blocks_to_convert(num_blocks, len(blocks), "ResNet")
     for layer, i in blocks[len(blocks) - n:]:
         layer[i] = TemporalBlock(layer[i], insert, placement)
     return features
