@@ -52,7 +52,8 @@ def _tap_offsets(h: int, w: int):
 
 
 def _sum_taps(cols: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """A 3x3x3 conv output (N, T, G, H, W) from its per-tap planes ``cols`` (N, T, G, kt, 9, H, W).
+    """A 3x3x3 conv output (N, T, G, H, W) from its per-tap planes ``cols`` (N, T, G, kt, 9, H, W)
+    plus ``bias`` (broadcast to the output: (G, 1, 1) or (T, G, H, W)).
 
     cols[..., kt, (kh, kw), i, j] is the weighted channel sum of frame t at pixel (i, j) for that
     tap; the conv output at (t, i, j) adds tap (kt, kh, kw) of frame t + kt - 1 at pixel
@@ -64,10 +65,23 @@ def _sum_taps(cols: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     for k, dh, dw, (oi, oj), (ii, ij) in _tap_offsets(h, w):
         if (dh, dw) != (0, 0):
             taps[..., oi, oj] += cols[..., k, ii, ij]
-    gate = taps[:, :, :, 1] + bias.view(-1, 1, 1)
+    gate = taps[:, :, :, 1] + bias
     gate[:, 1:] += taps[:, :-1, :, 0]  # temporal tap 0 looks one frame back,
     gate[:, :-1] += taps[:, 1:, :, 2]  # tap 2 one frame ahead; nothing across clip ends
     return gate
+
+
+def _inside_taps_sum(const: torch.Tensor, t: int, h: int, w: int) -> torch.Tensor:
+    """Sum of ``const`` (G, kt, kh, kw) over the taps of a 3x3x3 conv that land inside the clip
+    and the image, at every output position: (T, G, H, W). Tap k reads position i + k - 1, so
+    tap 0 misses at the first position and tap 2 at the last (zero padding); the box is separable.
+    """
+    def inside(n: int) -> torch.Tensor:
+        v = torch.ones(3, n, dtype=const.dtype, device=const.device)
+        v[0, 0] = 0
+        v[2, -1] = 0
+        return v
+    return torch.einsum("gabc,at,bi,cj->tgij", const, inside(t), inside(h), inside(w))
 
 
 def _sum_taps_adjoint(grad: torch.Tensor, cols_shape) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,10 +134,12 @@ class GSF(nn.Module):
       is several times slower on CPU.
     - In eval mode with shift_ratio < 1, BatchNorm + ReLU is folded: relu(s*x + b) =
       s*clamp(x, -b/s) + b (per channel, for s > 0; mirrored for s < 0), the scale s goes into the
-      GEMM weights and the constant into its bias, leaving one elementwise pass over the channel
+      GEMM weights and the constant into a small (T, 2, H, W) bias map of the gate (each tap adds
+      it only inside the image and the clip), leaving one elementwise pass over the channel
       slice. Not while tracing, so fvcore still sees the BatchNorm the model has.
     - The shifted gated features S are written in one pass (shifting = writing at a frame offset),
-      the residual R straight into the output tensor, the pass-through channels copied once, and
+      the residual R straight into the output tensor (over x itself with ``inplace``, else the
+      pass-through channels are copied once), S into the spent relu(BN(X)) tensor, and
       the fusion (9)/(10) is one in-place lerp. phi is taken of S and R themselves.
     - With autograd (training), ``_GSFFunction`` saves x, S and the gate's tap planes and writes
       the backward out by hand: the elementwise part in a handful of passes into one gradient
@@ -140,6 +156,7 @@ class GSF(nn.Module):
         gating: str | float = "learned",
         fusion: str = "learned",
         channel_shuffle: bool = False,
+        inplace: bool = False,
     ):
         super().__init__()
         if gating != "learned" and (isinstance(gating, bool) or not isinstance(gating, (int, float))):
@@ -157,6 +174,10 @@ class GSF(nn.Module):
         self.gating = gating
         self.fusion = fusion
         self.channel_shuffle = channel_shuffle
+        # Like nn.ReLU(inplace=True), but only without autograd (training keeps x for backward):
+        # the output is written over x. The backbones set it where x is a fresh activation that
+        # nothing else reads; it saves allocating the output and copying the untouched channels.
+        self.inplace = inplace
         half = self.processed // 2
         if gating == "learned":
             # BatchNorm over (N, T, H, W) per channel: the statistics of the release's
@@ -176,7 +197,8 @@ class GSF(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, processed={self.processed}, num_frames={self.num_frames}, "
-                f"gating={self.gating!r}, fusion={self.fusion!r}, channel_shuffle={self.channel_shuffle}")
+                f"gating={self.gating!r}, fusion={self.fusion!r}, channel_shuffle={self.channel_shuffle}, "
+                f"inplace={self.inplace}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
@@ -187,12 +209,13 @@ class GSF(nn.Module):
         if _grad_needed(x, self):
             return _GSFFunction.apply(self, x, *self.parameters())
         with torch.no_grad():
-            return self._forward_impl(x, None)
+            # The shuffled output interleaves the groups: it cannot be written over X's halves.
+            return self._forward_impl(x, None, out=x if self.inplace and not self.channel_shuffle else None)
 
     # -- pieces ------------------------------------------------------------------------------
 
     def _gate_input(self, xp: torch.Tensor):
-        """relu(BN(X)) as (z, gate weight, GEMM bias), with BN folded into the GEMM in eval mode.
+        """relu(BN(X)) as (z, gate weight, per-tap constant), with BN folded into the GEMM in eval mode.
 
         Runs without autograd; the backward pass re-runs the plain BatchNorm + ReLU instead of
         differentiating the fold (whose gradient would be wrong for a BN scale of exactly 0).
@@ -226,20 +249,24 @@ class GSF(nn.Module):
         half = weight.shape[1]
         return weight.permute(0, 2, 3, 4, 1).reshape(1, 2, 27, half).expand(nt, 2, 27, half).reshape(nt * 2, 27, half)
 
-    def _gate_cols(self, xp: torch.Tensor, n: int, t: int) -> torch.Tensor:
+    def _gate_cols(self, xp: torch.Tensor, n: int, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-tap planes of the 3x3x3 gate conv of relu(BN(X)): (N, T, 2, kt, 9, H, W).
 
         One GEMM per (frame, group) with the 27 taps as output rows; ``_sum_taps`` adds them up.
+        Also returns relu(BN(X)) (or its folded stand-in), a fresh tensor the caller may reuse,
+        and the gate's bias, (2, 1, 1) or, with BN folded, (T, 2, H, W).
         """
         nt, p, h, w = xp.shape
         z, weight, const = self._gate_input(xp)
         rows = self._gate_rows(weight, nt)
         z = z.reshape(nt * 2, p // 2, h * w)
-        if const is None:
-            cols = torch.bmm(rows, z)
-        else:
-            cols = torch.baddbmm(const.reshape(1, 2, 27, 1).expand(nt, 2, 27, 1).reshape(nt * 2, 27, 1), rows, z)
-        return cols.view(n, t, 2, 3, 9, h, w)
+        cols = torch.bmm(rows, z).view(n, t, 2, 3, 9, h, w)
+        bias = self.gate_bias.view(2, 1, 1)
+        if const is not None:
+            # The folded BN's constant enters every tap that reads inside the clip and the image:
+            # a small (T, 2, H, W) map instead of a GEMM bias (which costs a pass over the planes).
+            bias = bias + _inside_taps_sum(const, t, h, w)
+        return cols, z, bias
 
     def _fuse_weights(self, pooled_s: torch.Tensor, pooled_r: torch.Tensor) -> torch.Tensor:
         """(7), (8): sigma(W_f * [phi(S); phi(R)]) from pooled (N, T, 2, C/2) -> (N, T, 2, C/2)."""
@@ -260,9 +287,15 @@ class GSF(nn.Module):
         return out[:, :p].view(n, t, 2, half, h, w)
 
     @staticmethod
-    def _shifted_gated(xg: torch.Tensor, gate, t: int) -> torch.Tensor:
-        """(5), (6) of (1), (2): S = [shift_fw(g1 * X1), shift_bw(g2 * X2)], one pass, zero frames at the ends."""
-        s = torch.empty_like(xg)
+    def _shifted_gated(xg: torch.Tensor, gate, t: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """(5), (6) of (1), (2): S = [shift_fw(g1 * X1), shift_bw(g2 * X2)], one pass, zero frames at the ends.
+
+        Written into ``scratch`` (a spent tensor of xg's size) where given: a fresh full-size
+        tensor costs its page faults on first touch, about as much as the pass itself on CPU.
+        """
+        usable = (scratch is not None and scratch.dtype == xg.dtype and scratch.is_contiguous()
+                  and scratch.numel() == xg.numel())
+        s = scratch.view(xg.shape) if usable else torch.empty_like(xg)
         if t > 1:
             if isinstance(gate, float):
                 torch.mul(xg[:, :-1, 0], gate, out=s[:, 1:, 0])
@@ -276,24 +309,29 @@ class GSF(nn.Module):
 
     # -- forward / backward ------------------------------------------------------------------
 
-    def _forward_impl(self, x: torch.Tensor, ctx) -> torch.Tensor:
-        """The whole module without autograd; with ``ctx`` (training), also saves what backward needs."""
+    def _forward_impl(self, x: torch.Tensor, ctx, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The whole module without autograd; with ``ctx`` (training), also saves what backward needs.
+
+        ``out=x`` writes over x: the gate and S are computed from X before R overwrites it, and
+        R and the fusion are elementwise, so each element is read before it is written.
+        """
         nt, c, h, w = x.shape
         t = self.num_frames
         n, p, half = nt // t, self.processed, self.processed // 2
         xp = x[:, :p]
         xg = xp.view(n, t, 2, half, h, w)
-        cols = None
+        cols = scratch = None
         if self.gating == "learned":
-            cols = self._gate_cols(xp, n, t)
-            gate = torch.tanh(_sum_taps(cols, self.gate_bias)).to(x.dtype).unsqueeze(3)  # (N, T, 2, 1, H, W)
+            cols, scratch, bias = self._gate_cols(xp, n, t)
+            gate = torch.tanh(_sum_taps(cols, bias)).to(x.dtype).unsqueeze(3)  # (N, T, 2, 1, H, W)
         else:
             gate = float(self.gating)
-        out = torch.empty_like(x)
-        if p < c:
-            out[:, p:] = x[:, p:]
+        if out is None:
+            out = torch.empty_like(x)
+            if p < c:
+                out[:, p:] = x[:, p:]
         z = self._output_view(out, n, t)
-        s = self._shifted_gated(xg, gate, t)  # (1), (2), (5), (6)
+        s = self._shifted_gated(xg, gate, t, scratch)  # (1), (2), (5), (6); relu(BN(X)) is spent
         torch.mul(xg, 1 - gate, out=z)  # R = X - Y = (1 - g) X   (3), (4)
         pooled = fuse = None
         if self.fusion == "learned":

@@ -325,6 +325,67 @@ def test_input_is_not_modified():
     assert torch.equal(x.detach(), x0)
 
 
+@pytest.mark.parametrize("shift_ratio,channel_shuffle", [(0.5, False), (1.0, False), (1.0, True)])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_inplace_writes_over_x_only_without_autograd(shift_ratio, channel_shuffle, train):
+    m = make_gsf(12, 4, shift_ratio, channel_shuffle=channel_shuffle, train=train)
+    m.inplace = True
+    x = clip()
+    with torch.no_grad():
+        ref = gsf_reference(m, x)
+    x0 = x.clone()
+    out = m(x.requires_grad_())  # autograd: x is kept for backward, never overwritten
+    assert torch.equal(x.detach(), x0)
+    torch.testing.assert_close(out, ref, **TOL)
+    x = x.detach()
+    with torch.inference_mode():
+        out = m(x)
+    torch.testing.assert_close(out, ref, **TOL)
+    if channel_shuffle:  # the interleaved output cannot go over x: a fresh tensor, x untouched
+        assert torch.equal(x, x0) and out.data_ptr() != x.data_ptr()
+    else:
+        assert out.data_ptr() == x.data_ptr()
+
+
+@pytest.mark.parametrize("placement", ["conv2", "conv3", "input", "all"])
+def test_backbones_let_gsf_overwrite_only_fresh_activations(placement):
+    """After a conv the input is a fresh activation (inplace); at a residual branch's input the
+    skip connection reads it too (not inplace). Same network output either way."""
+    from gsf import build_model
+
+    torch.manual_seed(0)
+    net = build_model(backbone="resnet50", module="gsf", num_classes=5, num_frames=2, width_mult=0.125,
+                      placement=placement).eval()
+    gsfs = {name.rsplit(".", 1)[-1]: m for name, m in net.named_modules() if isinstance(m, GSF)}
+    assert gsfs and all(m.inplace == (name != "input") for name, m in gsfs.items())
+    for m in net.modules():  # random BN statistics: the fold and the residual must both matter
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 2, 3, 32, 32)
+    with torch.inference_mode():
+        fast = net(x)
+        for m in gsfs.values():
+            m.inplace = False
+        torch.testing.assert_close(fast, net(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone,size,width", [("bninception", 64, 0.25), ("inception_v3", 75, 1.0)])
+def test_inception_branches_let_gsf_overwrite(backbone, size, width):
+    from gsf import build_model
+
+    torch.manual_seed(0)
+    net = build_model(backbone=backbone, module="gsf", num_classes=5, num_frames=2, width_mult=width).eval()
+    gsfs = [m for m in net.modules() if isinstance(m, GSF)]
+    assert gsfs and all(m.inplace for m in gsfs)
+    x = torch.randn(1, 2, 3, size, size)
+    with torch.inference_mode():
+        fast = net(x)
+        for m in gsfs:
+            m.inplace = False
+        torch.testing.assert_close(fast, net(x), rtol=1e-4, atol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------
 # TSM and STSM
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ Every builder has the signature::
     build_X(insert, placement, num_blocks, pretrained, width_mult) -> nn.Module
 
 - ``insert(channels) -> nn.Module``: makes the temporal module for a point with that many
-  channels (``None``: plain TSN backbone, nothing inserted).
+  channels (``None``: plain TSN backbone, nothing inserted). Where the module's input is a fresh
+  activation that nothing else reads, the builder passes the module through ``on_fresh_input``.
 - ``placement``: where in each block the module goes (backbone-specific words, listed in
   ``PLACEMENTS``).
 - ``num_blocks``: only the last N blocks get a module (``None``: all of them).
@@ -31,3 +32,14 @@ def blocks_to_convert(num_blocks: int | None, total: int, backbone: str) -> int:
     if not 0 <= num_blocks <= total:
         raise ValueError(f"{backbone} num_blocks must be in 0..{total} (None = all), got {num_blocks}")
     return num_blocks
+
+
+def on_fresh_input(module: nn.Module) -> nn.Module:
+    """Let ``module`` overwrite its input when autograd is off, if it can (an ``inplace`` flag).
+
+    Only for insertion points whose input is a fresh activation read by nothing else (a conv's
+    BN/ReLU output, a pool output): never at a residual branch's input, which the skip also reads.
+    """
+    if hasattr(module, "inplace"):
+        module.inplace = True
+    return module

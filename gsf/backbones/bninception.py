@@ -73,7 +73,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from . import Insert, blocks_to_convert
+from . import Insert, blocks_to_convert, on_fresh_input
 
 __all__ = ["BNInception", "build_bninception", "caffe_state_dict", "load_pretrained", "PLACEMENTS", "BLOCK_NAMES", "INPUT_SIZE"]
 
@@ -206,7 +206,8 @@ class BNInception(nn.Module):
         four_branch, stride2 = _POINTS[placement]
         for block in list(self.blocks)[len(BLOCK_NAMES) - num_blocks:]:
             for branch, after in stride2 if block.stride == 2 else four_branch:
-                block.insert(branch, after, insert(block.channels_at(branch, after)))
+                # Always after a layer of the branch (never at its shared input): a fresh tensor.
+                block.insert(branch, after, on_fresh_input(insert(block.channels_at(branch, after))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 32 or x.shape[-2] % 32:

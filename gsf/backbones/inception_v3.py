@@ -28,7 +28,7 @@ import torch
 import torchvision
 from torch import nn
 
-from . import Insert, blocks_to_convert
+from . import Insert, blocks_to_convert, on_fresh_input
 
 __all__ = ["build_inception_v3", "PLACEMENTS", "BLOCK_NAMES", "INPUT_SIZE"]
 
@@ -85,7 +85,7 @@ def build_inception_v3(insert: Insert | None, placement: str = "branch4", num_bl
         for name in BLOCK_NAMES[len(BLOCK_NAMES) - num_blocks:]:
             block = getattr(net, name)
             conv = getattr(block, _BRANCH4[name])
-            setattr(block, _BRANCH4[name], nn.Sequential(conv, insert(conv.bn.num_features)))
+            setattr(block, _BRANCH4[name], nn.Sequential(conv, on_fresh_input(insert(conv.bn.num_features))))
     net.num_features = 2048
     net.input_size = INPUT_SIZE
     return net

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from . import Insert, blocks_to_convert
+from . import Insert, blocks_to_convert, on_fresh_input
 from .weights import load_state_dict
 
 PLACEMENTS = ("conv1", "conv2", "conv3", "all", "input")
@@ -37,7 +37,8 @@ class TemporalBlock(nn.Module):
         self.block = block
         wanted = convs if placement == "all" else (placement,)
         self.temporal = nn.ModuleDict(
-            {name: insert(self._channels(name)) for name in ("input",) + convs if name in wanted}
+            {name: insert(self._channels(name)) if name == "input" else on_fresh_input(insert(self._channels(name)))
+             for name in ("input",) + convs if name in wanted}
         )
 
     def _channels(self, name: str) -> int:
