@@ -58,9 +58,10 @@ class TemporalBlock(nn.Module):
             out = self._temporal("conv3", b.bn3(b.conv3(out)))
         else:
             out = self._temporal("conv2", b.bn2(b.conv2(out)))
-        # In place without autograd, as torchvision's own block does: a fresh full-size tensor per
-        # block was ~4% of ResNet-50's forward time (measured with benchmarks/gsf_speed.py).
-        out = out.add_(identity) if not torch.is_grad_enabled() else out + identity
+        # In place, as torchvision's own block does (autograd too: neither BN nor the temporal
+        # modules keep their output for backward, and autograd would refuse if one did). A fresh
+        # full-size tensor per block was ~4% of ResNet-50's forward time.
+        out += identity
         return b.relu(out)
 
 
