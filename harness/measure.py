@@ -8,6 +8,10 @@
   CPU: fp32, wall clock. GPU: fp16 autocast (the paper's Table 12), timed with CUDA events
   after synchronisation.
 - ``train_step`` (optional): forward + backward of one clip in train mode, median ms.
+- ``relative_cost``: ``latency_x`` (and ``train_step_x``), the model's time over a baseline
+  model's, timed alternately in the same process, median of the per-round ratios. Trials that
+  run one after another see different machine states (on a shared 2-core CPU their medians
+  drift by 10% or more), so a ratio of two trials' medians cannot resolve a 5% difference.
 """
 from __future__ import annotations
 
@@ -62,24 +66,11 @@ def measure_latency(
     device, x, cuda, autocast = _timing_setup(model, num_frames, input_size, clips, fp16_on_gpu)
     was_training = model.training
     model.eval()
-    times = []
     try:
         with torch.inference_mode(), autocast:
             for _ in range(warmup):
                 model(x)
-            for _ in range(runs):
-                if cuda:
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    torch.cuda.synchronize()
-                    start.record()
-                    model(x)
-                    end.record()
-                    torch.cuda.synchronize()
-                    times.append(start.elapsed_time(end))
-                else:
-                    t0 = time.perf_counter()
-                    model(x)
-                    times.append((time.perf_counter() - t0) * 1e3)
+            times = [_forward_ms(model, x, cuda) for _ in range(runs)]
     finally:
         model.train(was_training)
     return {
@@ -90,29 +81,82 @@ def measure_latency(
     }
 
 
+def _forward_ms(model: nn.Module, x: torch.Tensor, cuda: bool) -> float:
+    """One timed forward (the caller sets eval mode, inference mode and autocast)."""
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        model(x)
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    model(x)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _train_step_ms(model: nn.Module, x: torch.Tensor, cuda: bool, autocast) -> float:
+    """One timed forward + backward in the model's current mode; gradients are dropped after."""
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with autocast:
+        loss = model(x).float().sum()
+    loss.backward()
+    if cuda:
+        torch.cuda.synchronize()
+    elapsed = (time.perf_counter() - t0) * 1e3
+    model.zero_grad(set_to_none=True)
+    return elapsed
+
+
 def measure_train_step(model: nn.Module, num_frames: int, input_size: int, runs: int = 20, warmup: int = 3,
                        clips: int = 1, fp16_on_gpu: bool = True) -> dict[str, float]:
     """Forward + backward of ``clips`` clips in train mode (the cost that training pays), median ms."""
     _, x, cuda, autocast = _timing_setup(model, num_frames, input_size, clips, fp16_on_gpu)
     was_training = model.training
     model.train()
-    times = []
     try:
-        for i in range(warmup + runs):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            with autocast:
-                loss = model(x).float().sum()
-            loss.backward()
-            if cuda:
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1e3)
-            model.zero_grad(set_to_none=True)
+        times = [_train_step_ms(model, x, cuda, autocast) for _ in range(warmup + runs)][warmup:]
     finally:
         model.train(was_training)
     return {"train_step_ms": statistics.median(times)}
+
+
+def relative_cost(model: nn.Module, baseline: nn.Module, num_frames: int, cfg) -> dict[str, float]:
+    """``latency_x`` (and ``train_step_x`` with ``cfg.train_step``): model time / baseline time.
+
+    Both models are timed in every round, in alternating order (model first in even rounds), so
+    slow drifts of the machine hit both alike; the result is the median of the per-round ratios.
+    """
+    _, x, cuda, autocast = _timing_setup(model, num_frames, cfg.input_size, cfg.latency_clips, cfg.fp16_on_gpu)
+    pair = (model, baseline)
+    modes = [m.training for m in pair]
+
+    def rounds(time_one, warmup: int) -> float:
+        ratios = []
+        for i in range(warmup + cfg.latency_runs):
+            order = pair if i % 2 == 0 else pair[::-1]
+            ms = dict(zip(map(id, order), (time_one(m) for m in order)))
+            if i >= warmup:
+                ratios.append(ms[id(model)] / ms[id(baseline)])
+        return statistics.median(ratios)
+
+    out = {}
+    try:
+        for m in pair:
+            m.eval()
+        with torch.inference_mode(), autocast:
+            out["latency_x"] = rounds(lambda m: _forward_ms(m, x, cuda), cfg.latency_warmup)
+        if cfg.train_step:
+            for m in pair:
+                m.train()
+            out["train_step_x"] = rounds(lambda m: _train_step_ms(m, x, cuda, autocast), 3)
+    finally:
+        for m, mode in zip(pair, modes):
+            m.train(mode)
+    return out
 
 
 def measure(model: nn.Module, num_frames: int, cfg) -> dict[str, float | str]:

@@ -104,12 +104,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _job(spec: Spec, trial, uri: str, parent: str, results_dir: Path, args, commit: str) -> dict[str, Any]:
-    return {
+    job = {
         "config": trial.config, "hash": trial.hash, "label": trial.label, "variant": trial.variant,
         "spec": spec.name, "profile": spec.profile, "tracking_uri": uri, "parent_run_id": parent,
         "results_dir": str(results_dir), "measure_only": args.measure_only, "git_commit": commit,
         "gpus": args.gpus_per_trial,
     }
+    if trial.baseline:
+        # The baseline's model at the same grid point: the trial times both side by side.
+        base = next(t for t in spec.trials if t.variant == trial.baseline and t.axes == trial.axes)
+        job["baseline_model"] = base.config["model"]
+    return job
 
 
 def _run_ray(spec: Spec, jobs: list[dict[str, Any]], results_dir: Path, args) -> list[str]:

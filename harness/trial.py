@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from gsf import build_model
-from harness.measure import measure
+from harness.measure import measure, relative_cost
 from harness.spec import TrialConfig
 from harness.tracking import TrialRun
 
@@ -27,7 +27,9 @@ def describe_device(device: torch.device) -> str:
 
 def run_trial(job: dict[str, Any], report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """``job``: the trial's resolved ``config`` and ``hash``, plus where to log (``tracking_uri``,
-    ``parent_run_id``, ``spec``, ``results_dir``) and what to do (``measure_only``)."""
+    ``parent_run_id``, ``spec``, ``results_dir``) and what to do (``measure_only``). With
+    ``baseline_model`` (the ``model`` section of the variant's baseline), the trial also times that
+    model alternately with its own and reports ``latency_x`` / ``train_step_x``."""
     report = report or (lambda metrics: None)
     cfg = TrialConfig.model_validate({k: v for k, v in job["config"].items() if k != "seed"})
     seed = int(job["config"].get("seed", 0))
@@ -44,6 +46,11 @@ def run_trial(job: dict[str, Any], report: Callable[[dict[str, Any]], None] | No
         torch.manual_seed(seed)
         model = build_model(**cfg.model.model_dump()).to(device)
         measured = measure(model, cfg.model.num_frames, cfg.measure)
+        if job.get("baseline_model") and cfg.measure.latency:
+            base_cfg = type(cfg.model).model_validate(job["baseline_model"])
+            baseline = build_model(**base_cfg.model_dump()).to(device)
+            measured.update(relative_cost(model, baseline, cfg.model.num_frames, cfg.measure))
+            del baseline
         metrics = {k: v for k, v in measured.items() if isinstance(v, (int, float))}
         run.log_metrics(metrics)
         run.set_tags({k: v for k, v in measured.items() if isinstance(v, str)})

@@ -75,8 +75,11 @@ def build_table(spec, runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _add_ratios(table: pd.DataFrame, trials: list) -> None:
-    """``latency_x`` / ``train_step_x``: cost relative to the row named by the variant's ``baseline``
-    (measured in the same sweep, so the ratio compares like with like)."""
+    """``latency_x`` / ``train_step_x``: cost relative to the row named by the variant's ``baseline``.
+
+    Trials time their baseline side by side and report the ratio themselves; only where a run
+    has none (an older run) is it the ratio of the two rows' medians, which were measured at
+    different times and are noisier."""
     if "variant" not in table.columns or not any(t.baseline for t in trials):
         return
     index = {name: i for i, name in enumerate(table["variant"])}
@@ -84,7 +87,9 @@ def _add_ratios(table: pd.DataFrame, trials: list) -> None:
         if col not in table.columns:
             continue
         ratio_col = col.replace("_ms", "_x")
+        measured = table[ratio_col] if ratio_col in table.columns else pd.Series(float("nan"), index=table.index)
         table[ratio_col] = [
+            measured[i] if not pd.isna(measured[i]) else
             table.at[i, col] / table.at[index[t.baseline], col] if t.baseline else float("nan")
             for i, t in enumerate(trials)
         ]
@@ -96,7 +101,8 @@ def render_table(spec, runs: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
     table = build_table(spec, runs)
     table.to_csv(out / "table.csv", index=False)
     note = (f"\n\n{spec.name} — profile `{spec.profile or '-'}`. GFLOPs: fvcore multiply-accumulates of one view "
-            f"(T frames); latency: median forward ms of one clip; top1: mean over seeds (± std). "
+            f"(T frames); latency: median forward ms of one clip; *_x: time over the baseline's, both timed "
+            f"alternately in one trial (median of per-round ratios); top1: mean over seeds (± std). "
             f"paper_*: Sudhakaran et al., TPAMI 2023.\n")
     (out / "table.md").write_text(table.to_markdown(index=False, floatfmt=".2f") + note)
     table.to_html(out / "table.html", index=False, float_format=lambda x: f"{x:.2f}", na_rep="")

@@ -48,7 +48,8 @@ def _sweep(path: Path, results: Path, *extra: str) -> subprocess.CompletedProces
 @pytest.mark.timeout(600)
 def test_sweep_trains_logs_renders_and_resumes(tmp_path):
     variants = [
-        {"name": "GSF", "set": {"model.gating": "learned", "model.fusion": "learned"}, "paper_row": {"model": "GSF"}},
+        {"name": "GSF", "set": {"model.gating": "learned", "model.fusion": "learned"}, "paper_row": {"model": "GSF"},
+         "baseline": "TSN"},
         {"name": "TSN", "set": {"model.gating": 0, "model.fusion": "sum"}, "paper_row": {"model": "TSN"}},
     ]
     path, results = _spec(tmp_path, variants), tmp_path / "results"
@@ -80,6 +81,13 @@ def test_sweep_trains_logs_renders_and_resumes(tmp_path):
         assert {"top1", "train_loss", "GFLOPs", "params_M", "latency_ms"} <= run.data.metrics.keys()
         history = client.get_metric_history(run.info.run_id, "train_loss")
         assert sorted(m.step for m in history) == [1, 2], "one train_loss per epoch"
+    # GSF's trials timed TSN beside themselves; the table shows their ratio, not one of row medians.
+    ratios = [r.data.metrics.get("latency_x") for r in runs if r.data.tags["variant"] == "GSF"]
+    assert len(ratios) == 2 and all(0.5 < x < 5 for x in ratios), ratios
+    assert all("latency_x" not in r.data.metrics for r in runs if r.data.tags["variant"] == "TSN")
+    by_variant = table.set_index("variant")
+    assert by_variant.loc["GSF", "latency_x"] == pytest.approx(sum(ratios) / 2, rel=1e-3)
+    assert pd.isna(by_variant.loc["TSN", "latency_x"])
 
     # Same spec again: nothing re-runs, the table is rebuilt from MLflow.
     again = _sweep(path, results)

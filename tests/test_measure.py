@@ -1,0 +1,33 @@
+"""Side-by-side cost ratios: a model that does the baseline's work twice costs about 2x."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.measure import relative_cost
+from harness.spec import MeasureConfig
+
+
+class Frames(nn.Module):
+    """(N, T, 3, S, S) clips -> logits, the work done ``repeat`` times."""
+
+    def __init__(self, net: nn.Module, repeat: int):
+        super().__init__()
+        self.net, self.repeat = net, repeat
+
+    def forward(self, x):
+        frames = x.flatten(0, 1)
+        y = sum(self.net(frames) for _ in range(self.repeat))  # backward goes through every copy
+        return y.mean(dim=(1, 2, 3))
+
+
+def test_relative_cost_times_both_models_side_by_side():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1))
+    cfg = MeasureConfig(input_size=32, latency_runs=20, latency_warmup=2, train_step=True)
+    model, baseline = Frames(net, 2).train(), Frames(net, 1).eval()
+    out = relative_cost(model, baseline, num_frames=4, cfg=cfg)
+    assert 1.5 < out["latency_x"] < 2.7, out
+    assert 1.5 < out["train_step_x"] < 2.7, out
+    assert model.training and not baseline.training, "modes are restored"
+    assert all(p.grad is None for p in net.parameters()), "no gradients left behind"
