@@ -313,13 +313,15 @@ class GSF(nn.Module):
         """The whole module without autograd; with ``ctx`` (training), also saves what backward needs.
 
         ``out=x`` writes over x: the gate and S are computed from X before R overwrites it, and
-        R and the fusion are elementwise, so each element is read before it is written.
+        R and the fusion are elementwise, so each element is read before it is written. With
+        ``ctx`` too, backward gets a copy of the processed channels (all it needs of x).
         """
         nt, c, h, w = x.shape
         t = self.num_frames
         n, p, half = nt // t, self.processed, self.processed // 2
         xp = x[:, :p]
         xg = xp.view(n, t, 2, half, h, w)
+        saved_xp = xp.clone() if ctx is not None and out is x else xp
         cols = scratch = None
         if self.gating == "learned":
             cols, scratch, bias = self._gate_cols(xp, n, t)
@@ -342,7 +344,8 @@ class GSF(nn.Module):
             z += s
         if ctx is not None:
             ctx.fixed_gate = gate if cols is None else None
-            ctx.save_for_backward(x, s, cols, None if cols is None else gate,
+            ctx.channels = c
+            ctx.save_for_backward(saved_xp, s, cols, None if cols is None else gate,
                                   *(pooled if pooled is not None else (None, None)), fuse)
         return out
 
@@ -353,20 +356,20 @@ class GSF(nn.Module):
         only sees the small fusion conv (re-run on the saved pooled values) and BatchNorm + ReLU
         (re-run on x: one pass, instead of keeping its output from forward).
         """
-        x, s, cols, gate, pooled_s, pooled_r, fuse = ctx.saved_tensors
+        xp, s, cols, gate, pooled_s, pooled_r, fuse = ctx.saved_tensors
         if gate is None:
             gate = ctx.fixed_gate
-        nt, c, h, w = x.shape
+        nt, _, h, w = xp.shape
+        c = ctx.channels
         t = self.num_frames
         n, p, half = nt // t, self.processed, self.processed // 2
         grad_out = grad_out.contiguous()
         gz = self._output_view(grad_out, n, t)  # dL/dZ
-        xp = x[:, :p]
         xg = xp.view(n, t, 2, half, h, w)
         params = dict(self.named_parameters())
         grads = {}
 
-        grad_x = torch.empty_like(x)
+        grad_x = torch.empty_like(grad_out)
         if p < c and ctx.needs_input_grad[1]:
             grad_x[:, p:] = grad_out[:, p:]
         gx = grad_x[:, :p].view(n, t, 2, half, h, w)  # holds dR, then dX
@@ -386,7 +389,7 @@ class GSF(nn.Module):
                 got = torch.autograd.grad(f, [*pooled, *fuse_params.values()], grad_fuse.to(f.dtype))
             grads.update(zip(fuse_params, got[2:]))
             # phi is a mean: its gradient spreads evenly over the H*W positions.
-            grad_ps, grad_pr = (g.to(x.dtype)[..., None, None] / (h * w) for g in got[:2])
+            grad_ps, grad_pr = (g.to(xp.dtype)[..., None, None] / (h * w) for g in got[:2])
             torch.addcmul(grad_pr, gz, 1 - fuse, out=gx)  # dR = (1 - F) dZ + dphi(R)
             # dS = F dZ + dphi(S): the pooled part goes in first, un-shifted, then F dZ below.
             u_pooled = torch.zeros_like(grad_ps)
@@ -445,7 +448,17 @@ class _GSFFunction(torch.autograd.Function):
         # Backward re-runs BN and the fusion conv: under the same autocast as forward.
         device = x.device.type
         ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
-        return module._forward_impl(x, ctx)
+        # Writing over x pays when it saves more than it copies: backward then keeps a copy of
+        # the processed channels instead of x, and the untouched ones are not copied at all.
+        # Only where x comes straight from a BatchNorm, whose backward does not need its output
+        # (a ReLU's does: autograd would refuse at backward time).
+        producer = type(x.grad_fn).__name__ if x.grad_fn is not None else ""
+        over_x = (module.inplace and not module.channel_shuffle and 2 * module.processed <= x.shape[1]
+                  and x._base is None and "BatchNormBackward" in producer)
+        out = module._forward_impl(x, ctx, out=x if over_x else None)
+        if over_x:
+            ctx.mark_dirty(x)
+        return out
 
     @staticmethod
     @once_differentiable

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gsf.modules import GSF, SpatioTemporalShift, TemporalShift, processed_channels
 
@@ -347,6 +348,26 @@ def test_inplace_writes_over_x_only_without_autograd(shift_ratio, channel_shuffl
         assert out.data_ptr() == x.data_ptr()
 
 
+@pytest.mark.parametrize("gating,fusion", [("learned", "learned"), (1.0, "sum")])
+@pytest.mark.parametrize("shift_ratio", [0.25, 0.5, 1.0])
+def test_inplace_training_matches_reference(gating, fusion, shift_ratio):
+    """With autograd, an inplace GSF writes over x straight from a BatchNorm when it processes at
+    most half the channels (backward keeps a copy of those); outputs and gradients are unchanged."""
+    m = make_gsf(16, 4, shift_ratio, gating, fusion)
+    m.inplace = True
+    leaf = clip(c=16).requires_grad_()
+    grad_out = torch.randn_like(leaf)
+    bn = lambda v: F.batch_norm(v, None, None, training=True)  # noqa: E731  (as conv3's bn3)
+    ref, ref_grads = grads_of(lambda v: gsf_reference(m, bn(v)), m, leaf, grad_out)
+    x = bn(leaf)
+    out = m(x)
+    assert (out.data_ptr() == x.data_ptr()) == (shift_ratio <= 0.5)
+    got = torch.autograd.grad(out, [leaf, *m.parameters()], grad_out)
+    torch.testing.assert_close(out, ref, **TOL)
+    for a, b in zip(got, ref_grads):
+        torch.testing.assert_close(a, b, **TOL)
+
+
 @pytest.mark.parametrize("placement", ["conv2", "conv3", "input", "all"])
 def test_backbones_let_gsf_overwrite_only_fresh_activations(placement):
     """After a conv the input is a fresh activation (inplace); at a residual branch's input the
@@ -356,8 +377,8 @@ def test_backbones_let_gsf_overwrite_only_fresh_activations(placement):
     torch.manual_seed(0)
     net = build_model(backbone="resnet50", module="gsf", num_classes=5, num_frames=2, width_mult=0.125,
                       placement=placement).eval()
-    gsfs = {name.rsplit(".", 1)[-1]: m for name, m in net.named_modules() if isinstance(m, GSF)}
-    assert gsfs and all(m.inplace == (name != "input") for name, m in gsfs.items())
+    gsfs = [(name.rsplit(".", 1)[-1], m) for name, m in net.named_modules() if isinstance(m, GSF)]
+    assert gsfs and all(m.inplace == (name != "input") for name, m in gsfs)
     for m in net.modules():  # random BN statistics: the fold and the residual must both matter
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.5)
@@ -365,9 +386,19 @@ def test_backbones_let_gsf_overwrite_only_fresh_activations(placement):
     x = torch.randn(2, 2, 3, 32, 32)
     with torch.inference_mode():
         fast = net(x)
-        for m in gsfs.values():
+        for _, m in gsfs:
             m.inplace = False
         torch.testing.assert_close(fast, net(x), rtol=1e-4, atol=1e-5)
+    grads = []
+    net.train()
+    for inplace in (True, False):  # training: same loss and gradients with and without
+        for name, m in gsfs:
+            m.inplace = inplace and name != "input"
+        torch.manual_seed(1)
+        loss = net(x).square().sum()
+        grads.append([loss.detach()] + list(torch.autograd.grad(loss, list(net.parameters()))))
+    for a, b in zip(*grads):  # float32 through a whole network: BN re-run on a copy sums in another order
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max()))
 
 
 @pytest.mark.parametrize("backbone,size,width", [("bninception", 64, 0.25), ("inception_v3", 75, 1.0)])
