@@ -13,6 +13,7 @@ stack/cat chains), and training goes through hand-written backward passes that d
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,24 @@ def _grad_needed(x: torch.Tensor, module: nn.Module) -> bool:
 # --------------------------------------------------------------------------------------------
 # GSF
 # --------------------------------------------------------------------------------------------
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(slot: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A scratch tensor of ``shape`` that stays allocated between calls (per thread, slot, device
+    and dtype, grown to the largest size asked for). Only for temporaries of the no-autograd path
+    that die within one call: a fresh tensor of a few MB costs its page faults on first touch, on
+    this CPU about as much as the pass that fills it."""
+    pool = _WORKSPACE.__dict__.setdefault("pool", {})
+    key = (slot, like.device, like.dtype)
+    size = math.prod(shape)
+    buf = pool.get(key)
+    if buf is None or buf.numel() < size:
+        with torch.inference_mode(False):  # a normal tensor: usable under no_grad and inference_mode
+            buf = pool[key] = torch.empty(size, device=like.device, dtype=like.dtype)
+    return buf[:size].view(shape)
 
 
 def _tap_offsets(h: int, w: int):
@@ -145,6 +164,11 @@ class GSF(nn.Module):
       the backward out by hand: the elementwise part in a handful of passes into one gradient
       tensor, the gate GEMM as two GEMMs; autograd only re-runs BatchNorm + ReLU on x and the
       tiny fusion conv on the saved pooled values.
+    - Without autograd, relu(BN(X)) (then S) and the tap planes live in a per-thread workspace
+      that stays allocated between calls: on this CPU a fresh tensor of a few MB costs about as
+      much in page faults as the pass that fills it.
+    - In training with ``inplace``, x straight from a BatchNorm is written over when at most half
+      the channels are processed; backward keeps a copy of those channels instead of x.
     - Under tracing (fvcore) the no-autograd path is traced, BatchNorm unfolded.
     """
 
@@ -214,31 +238,34 @@ class GSF(nn.Module):
 
     # -- pieces ------------------------------------------------------------------------------
 
-    def _gate_input(self, xp: torch.Tensor):
+    def _gate_input(self, xp: torch.Tensor, scratch: bool):
         """relu(BN(X)) as (z, gate weight, per-tap constant), with BN folded into the GEMM in eval mode.
 
         Runs without autograd; the backward pass re-runs the plain BatchNorm + ReLU instead of
         differentiating the fold (whose gradient would be wrong for a BN scale of exactly 0).
+        ``scratch``: z may go into the workspace (nothing keeps it past this call).
         """
         weight = self.gate_weight  # (2, C/2, kt, kh, kw)
         bn = self.gate_norm
         # Folding pays where BatchNorm is slow: on a channel slice of a larger tensor (shift_ratio
-        # < 1) it runs at about half speed. On a whole contiguous tensor BN + ReLU is as fast as
-        # the fold's one pass plus its per-channel arithmetic (measured, BN-Inception sizes).
-        if self.training or torch.jit.is_tracing() or bn.running_mean is None or xp.is_contiguous():
+        # < 1) it runs at about half speed; and its one pass can write into the workspace. With
+        # autograd on a whole contiguous tensor, BN + ReLU is as fast (measured, BN-Inception sizes).
+        if (self.training or torch.jit.is_tracing() or bn.running_mean is None
+                or (xp.is_contiguous() and not scratch)):
             return F.relu(bn(xp)), weight, None
         p, half = self.processed, self.processed // 2
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         shift = bn.bias - bn.running_mean * scale
+        z = _workspace("z", xp.shape, xp) if scratch else torch.empty_like(xp, memory_format=torch.contiguous_format)
         if xp.device.type == "cpu" and bool((scale > 0).all()):  # the usual case; no host sync on GPU
-            z = torch.maximum(xp, (-shift / scale).view(p, 1, 1))
+            torch.maximum(xp, (-shift / scale).view(p, 1, 1), out=z)
         else:
             # s > 0: clamp below at -b/s; s < 0: clamp above; s = 0: z = 0 and relu(b) is constant.
             inf = torch.full_like(scale, math.inf)
             zero = torch.zeros_like(scale)
             lo = torch.where(scale > 0, -shift / scale, torch.where(scale < 0, -inf, zero))
             hi = torch.where(scale < 0, -shift / scale, torch.where(scale > 0, inf, zero))
-            z = torch.clamp(xp, lo.view(p, 1, 1), hi.view(p, 1, 1))
+            torch.clamp(xp, lo.view(p, 1, 1), hi.view(p, 1, 1), out=z)
             shift = torch.where(scale == 0, shift.clamp_min(0), shift)
         # relu(s*x + b) = s*z + b with z above, so W * relu(BN(x)) = (W*s) * z + (W * b).
         const = (weight * shift.view(2, half, 1, 1, 1)).sum(1)  # (2, kt, kh, kw)
@@ -249,18 +276,20 @@ class GSF(nn.Module):
         half = weight.shape[1]
         return weight.permute(0, 2, 3, 4, 1).reshape(1, 2, 27, half).expand(nt, 2, 27, half).reshape(nt * 2, 27, half)
 
-    def _gate_cols(self, xp: torch.Tensor, n: int, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _gate_cols(self, xp: torch.Tensor, n: int, t: int, scratch: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-tap planes of the 3x3x3 gate conv of relu(BN(X)): (N, T, 2, kt, 9, H, W).
 
         One GEMM per (frame, group) with the 27 taps as output rows; ``_sum_taps`` adds them up.
         Also returns relu(BN(X)) (or its folded stand-in), a fresh tensor the caller may reuse,
-        and the gate's bias, (2, 1, 1) or, with BN folded, (T, 2, H, W).
+        and the gate's bias, (2, 1, 1) or, with BN folded, (T, 2, H, W). ``scratch``: the tap
+        planes and z go into the workspace (no autograd: nothing keeps them past the call).
         """
         nt, p, h, w = xp.shape
-        z, weight, const = self._gate_input(xp)
+        z, weight, const = self._gate_input(xp, scratch)
         rows = self._gate_rows(weight, nt)
         z = z.reshape(nt * 2, p // 2, h * w)
-        cols = torch.bmm(rows, z).view(n, t, 2, 3, 9, h, w)
+        cols = torch.bmm(rows, z, out=_workspace("cols", (nt * 2, 27, h * w), z) if scratch else None)
+        cols = cols.view(n, t, 2, 3, 9, h, w)
         bias = self.gate_bias.view(2, 1, 1)
         if const is not None:
             # The folded BN's constant enters every tap that reads inside the clip and the image:
@@ -324,7 +353,8 @@ class GSF(nn.Module):
         saved_xp = xp.clone() if ctx is not None and out is x else xp
         cols = scratch = None
         if self.gating == "learned":
-            cols, scratch, bias = self._gate_cols(xp, n, t)
+            # The workspace only without autograd, and not while fvcore traces (it counts ops).
+            cols, scratch, bias = self._gate_cols(xp, n, t, scratch=ctx is None and not torch.jit.is_tracing())
             gate = torch.tanh(_sum_taps(cols, bias)).to(x.dtype).unsqueeze(3)  # (N, T, 2, 1, H, W)
         else:
             gate = float(self.gating)

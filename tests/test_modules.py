@@ -348,6 +348,23 @@ def test_inplace_writes_over_x_only_without_autograd(shift_ratio, channel_shuffl
         assert out.data_ptr() == x.data_ptr()
 
 
+def test_inference_workspace_is_shared_safely():
+    """Inference temporaries live in a per-thread workspace shared by every GSF: a call on a
+    larger module in between must not change a result already returned."""
+    small, big = make_gsf(8, 2, 0.5, train=False), make_gsf(24, 4, 1.0, train=False, seed=1)
+    xs, xb = clip(1, 2, 8, 3, 4), clip(2, 4, 24, 9, 9, seed=2)
+    with torch.inference_mode():
+        first = small(xs)
+        kept = first.clone()
+        big(xb)
+        again = small(xs)
+    with torch.no_grad():
+        ref = gsf_reference(small, xs)
+    assert torch.equal(first, kept)
+    torch.testing.assert_close(first, ref, **TOL)
+    torch.testing.assert_close(again, ref, **TOL)
+
+
 @pytest.mark.parametrize("gating,fusion", [("learned", "learned"), (1.0, "sum")])
 @pytest.mark.parametrize("shift_ratio", [0.25, 0.5, 1.0])
 def test_inplace_training_matches_reference(gating, fusion, shift_ratio):
