@@ -198,9 +198,10 @@ class GSF(nn.Module):
         self.gating = gating
         self.fusion = fusion
         self.channel_shuffle = channel_shuffle
-        # Like nn.ReLU(inplace=True), but only without autograd (training keeps x for backward):
-        # the output is written over x. The backbones set it where x is a fresh activation that
-        # nothing else reads; it saves allocating the output and copying the untouched channels.
+        # Like nn.ReLU(inplace=True): the output is written over x, without autograd always (but
+        # for channel_shuffle), with autograd where x comes straight from a BatchNorm (see
+        # _GSFFunction). The backbones set it where x is a fresh activation that nothing else
+        # reads; it saves allocating the output and copying the untouched channels.
         self.inplace = inplace
         half = self.processed // 2
         if gating == "learned":

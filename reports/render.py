@@ -88,11 +88,13 @@ def _add_ratios(table: pd.DataFrame, trials: list) -> None:
             continue
         ratio_col = col.replace("_ms", "_x")
         measured = table[ratio_col] if ratio_col in table.columns else pd.Series(float("nan"), index=table.index)
-        table[ratio_col] = [
-            measured[i] if not pd.isna(measured[i]) else
-            table.at[i, col] / table.at[index[t.baseline], col] if t.baseline else float("nan")
-            for i, t in enumerate(trials)
-        ]
+
+        def ratio(i: int, trial) -> float:
+            if not pd.isna(measured[i]) or not trial.baseline:
+                return measured[i]
+            return table.at[i, col] / table.at[index[trial.baseline], col]
+
+        table[ratio_col] = [ratio(i, t) for i, t in enumerate(trials)]
 
 
 def render_table(spec, runs: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
