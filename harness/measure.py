@@ -19,7 +19,7 @@ import logging
 import statistics
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -111,16 +111,31 @@ def _train_step_ms(model: nn.Module, x: torch.Tensor, cuda: bool, autocast) -> f
     return elapsed
 
 
+@contextmanager
+def _unchanged(*models: nn.Module):
+    """Restore the models' modes and buffers afterwards. A timed train step updates BatchNorm's
+    running statistics, and a randomly initialised network with other statistics runs at another
+    speed in eval mode (measured: GSF-ResNet-50 / TSN forward 1.05 fresh, 1.14 after GSF alone
+    had been through 23 timed train steps)."""
+    modes = [m.training for m in models]
+    buffers = [{k: v.clone() for k, v in m.named_buffers()} for m in models]
+    try:
+        yield
+    finally:
+        for m, mode, saved in zip(models, modes, buffers):
+            m.train(mode)
+            with torch.no_grad():
+                for k, v in m.named_buffers():
+                    v.copy_(saved[k])
+
+
 def measure_train_step(model: nn.Module, num_frames: int, input_size: int, runs: int = 20, warmup: int = 3,
                        clips: int = 1, fp16_on_gpu: bool = True) -> dict[str, float]:
     """Forward + backward of ``clips`` clips in train mode (the cost that training pays), median ms."""
     _, x, cuda, autocast = _timing_setup(model, num_frames, input_size, clips, fp16_on_gpu)
-    was_training = model.training
-    model.train()
-    try:
+    with _unchanged(model):
+        model.train()
         times = [_train_step_ms(model, x, cuda, autocast) for _ in range(warmup + runs)][warmup:]
-    finally:
-        model.train(was_training)
     return {"train_step_ms": statistics.median(times)}
 
 
@@ -132,7 +147,6 @@ def relative_cost(model: nn.Module, baseline: nn.Module, num_frames: int, cfg) -
     """
     _, x, cuda, autocast = _timing_setup(model, num_frames, cfg.input_size, cfg.latency_clips, cfg.fp16_on_gpu)
     pair = (model, baseline)
-    modes = [m.training for m in pair]
 
     def rounds(time_one, warmup: int) -> float:
         ratios = []
@@ -144,7 +158,7 @@ def relative_cost(model: nn.Module, baseline: nn.Module, num_frames: int, cfg) -
         return statistics.median(ratios)
 
     out = {}
-    try:
+    with _unchanged(*pair):
         for m in pair:
             m.eval()
         with torch.inference_mode(), autocast:
@@ -153,9 +167,6 @@ def relative_cost(model: nn.Module, baseline: nn.Module, num_frames: int, cfg) -
             for m in pair:
                 m.train()
             out["train_step_x"] = rounds(lambda m: _train_step_ms(m, x, cuda, autocast), 3)
-    finally:
-        for m, mode in zip(pair, modes):
-            m.train(mode)
     return out
 
 

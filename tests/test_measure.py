@@ -31,3 +31,18 @@ def test_relative_cost_times_both_models_side_by_side():
     assert 1.5 < out["train_step_x"] < 2.7, out
     assert model.training and not baseline.training, "modes are restored"
     assert all(p.grad is None for p in net.parameters()), "no gradients left behind"
+
+
+def test_timed_train_steps_leave_the_model_as_it_was():
+    """Timing runs train steps, which move BatchNorm's running statistics; a measurement must not
+    change the model it measures (a network with other statistics runs at another speed)."""
+    from harness.measure import measure_train_step
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
+    model = Frames(net, 1).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert measure_train_step(model, num_frames=2, input_size=16, runs=3, warmup=1)["train_step_ms"] > 0
+    assert not model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
