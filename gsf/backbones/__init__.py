@@ -35,7 +35,8 @@ def blocks_to_convert(num_blocks: int | None, total: int, backbone: str) -> int:
 
 
 def on_fresh_input(module: nn.Module) -> nn.Module:
-    """Let ``module`` overwrite its input when autograd is off, if it can (an ``inplace`` flag).
+    """Let ``module`` overwrite its input, if it can (an ``inplace`` flag): always without
+    autograd, and in training only where its own rules allow it (GSF: input straight from a BN).
 
     Only for insertion points whose input is a fresh activation read by nothing else (a conv's
     BN/ReLU output, a pool output): never at a residual branch's input, which the skip also reads.
