@@ -11,6 +11,7 @@ A spec::
         - {name: "25%", set: {model.shift_ratio: 0.25}, paper_row: {shift_percent: 25}}
       axes: {model.num_frames: [8, 16]}    # crossed with each other and with the variants
     seeds: [0, 1, 2]                       # optional; each grid point runs once per seed
+    claims: ["GSF > GSM", "TSM > TSN"]     # optional; the report tests each (top-1, by seed)
     profiles: {paper: {...}, smoke: {...}} # each overrides keys of base (same sections)
 
 Every error is a ``SpecError`` naming the file, the key and what is allowed.
@@ -141,6 +142,9 @@ class SpecFile(_Strict):
     grid: Grid = Grid()
     seeds: list[int] = [0]
     profiles: dict[str, dict[str, Any]] = {}
+    claims: list[str] = Field([], description=(
+        "the paper's claims about its rows, each 'A > B' with A and B variant names: A's top-1 "
+        "is higher; the report gives each a difference, a 95% interval and a verdict"))
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,19 @@ class Spec:
     paper_table: Path | None
     trials: list[Trial]
     axis_keys: list[str]
+    claims: list[tuple[str, str]] = field(default_factory=list)  # (better, worse) variant names
+
+
+def parse_claims(claims: list[str], names: list[str], path: Path) -> list[tuple[str, str]]:
+    """'A > B' -> (A, B); A and B must be variant names (which may contain spaces, % or +)."""
+    out = []
+    for i, claim in enumerate(claims):
+        parts = [p.strip() for p in claim.split(" > ")]
+        if len(parts) != 2 or parts[0] == parts[1] or any(p not in names for p in parts):
+            raise SpecError(f"{path}: claims[{i}]: {claim!r} must be 'A > B' with A, B two different variant "
+                            f"names; allowed names: {', '.join(repr(n) for n in names if n) or 'none (no grid.variants)'}")
+        out.append((parts[0], parts[1]))
+    return out
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -284,6 +301,7 @@ def load_spec(path: str | Path, profile: str | None = None) -> Spec:
         if v.baseline is not None and v.baseline not in names:
             raise SpecError(f"{path}: grid.variants[{i}] ({v.name}).baseline: {v.baseline!r} is not a variant name; "
                             f"allowed: {', '.join(names)}")
+    claims = parse_claims(spec.claims, names, path)
     axis_keys = list(spec.grid.axes)
     for key, values in spec.grid.axes.items():
         if not values:
@@ -312,4 +330,4 @@ def load_spec(path: str | Path, profile: str | None = None) -> Spec:
     hashes = [t.hash for t in trials]
     if len(set(hashes)) != len(hashes):
         raise SpecError(f"{path}: grid: two grid points resolve to the same config; make them differ")
-    return Spec(path, spec.name or path.stem, spec.description, profile or "", paper_table, trials, axis_keys)
+    return Spec(path, spec.name or path.stem, spec.description, profile or "", paper_table, trials, axis_keys, claims)
