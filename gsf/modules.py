@@ -215,6 +215,8 @@ class GSF(nn.Module):
             bound = 1.0 / math.sqrt(half * 27)
             nn.init.uniform_(self.gate_weight, -bound, bound)
             nn.init.uniform_(self.gate_bias, -bound, bound)
+            # Sees the tanh gate planes (N, T, 2, H, W) when it has forward hooks (recorders).
+            self.gate_probe = nn.Identity()
         if fusion == "learned":
             # W_f1, W_f2: 1 x 2 x 3 x 3 over (channel, time) of the pooled [shifted; residual].
             self.fuse1 = nn.Conv2d(2, 1, 3, padding=1)
@@ -356,7 +358,10 @@ class GSF(nn.Module):
         if self.gating == "learned":
             # The workspace only without autograd, and not while fvcore traces (it counts ops).
             cols, scratch, bias = self._gate_cols(xp, n, t, scratch=ctx is None and not torch.jit.is_tracing())
-            gate = torch.tanh(_sum_taps(cols, bias)).to(x.dtype).unsqueeze(3)  # (N, T, 2, 1, H, W)
+            gate = torch.tanh(_sum_taps(cols, bias)).to(x.dtype)
+            if self.gate_probe._forward_hooks:
+                self.gate_probe(gate)
+            gate = gate.unsqueeze(3)  # (N, T, 2, 1, H, W)
         else:
             gate = float(self.gating)
         if out is None:
