@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -51,12 +52,30 @@ def _loader(ds, batch_size: int, shuffle: bool, workers: int, seed: int) -> Data
                       pin_memory=torch.cuda.is_available())
 
 
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool,
+             record_gates: bool = True) -> dict:
+    """Top-1/top-5 (%) of the clip-averaged softmax over each video's views (clips x crops).
+
+    Also, for the report (not metrics): ``confusion`` (true x predicted counts), ``predictions``
+    and ``labels`` (top-1 and truth per video, in loader order), ``class_names``, and with ``record_gates`` a histogram of
+    the gate values per GSF layer with learned gating (``gates``, see ``harness.gates``)."""
+    from harness.gates import GateRecorder
+
+    recorder = GateRecorder(model) if record_gates else None
+    with recorder or nullcontext():
+        out = _scores(model, loader, device, amp)
+    out["class_names"] = list(getattr(loader.dataset, "class_names", []))
+    if recorder is not None and recorder.probes:
+        out["gates"] = recorder.summary()
+    return out
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> dict[str, float]:
-    """Top-1/top-5 (%) of the clip-averaged softmax over each video's views (clips x crops)."""
+def _scores(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> dict:
     model.eval()
     correct1 = correct5 = total = 0
     loss_sum = 0.0
+    confusion, predictions, truth = None, [], []
     for views, labels in loader:
         b, v = views.shape[:2]
         views, labels = views.to(device, non_blocking=True), labels.to(device)
@@ -68,7 +87,16 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
         correct1 += (top[:, 0] == labels).sum().item()
         correct5 += (top == labels[:, None]).any(1).sum().item()
         total += b
-    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "val_loss": loss_sum / total}
+        k = probs.shape[1]
+        confusion = torch.zeros(k, k, dtype=torch.long) if confusion is None else confusion
+        confusion.view(-1).index_add_(0, (labels * k + top[:, 0]).cpu(), torch.ones(b, dtype=torch.long))
+        predictions += top[:, 0].tolist()
+        truth += labels.tolist()
+    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "val_loss": loss_sum / total,
+            "confusion": confusion.tolist(), "predictions": predictions, "labels": truth}
+
+
+EVALUATION_DETAILS = ("confusion", "predictions", "labels", "class_names", "gates")  # evaluate's non-metric results
 
 
 def _save(path: Path, state: dict) -> None:
@@ -79,8 +107,10 @@ def _save(path: Path, state: dict) -> None:
 
 
 def fit(model: nn.Module, cfg, seed: int, device: torch.device, checkpoint_dir: str | Path | None = None,
-        on_epoch: Callable[[dict[str, float], int], None] | None = None) -> dict[str, float]:
-    """Train ``model`` on ``cfg.data`` with ``cfg.train``; returns the final epoch's metrics."""
+        on_epoch: Callable[[dict[str, float], int], None] | None = None,
+        on_evaluate: Callable[[dict, int], None] | None = None) -> dict[str, float]:
+    """Train ``model`` on ``cfg.data`` with ``cfg.train``; returns the final epoch's metrics.
+    ``on_evaluate(details, epoch)`` gets what ``evaluate`` found besides the metrics."""
     tc = cfg.train
     seed_everything(seed)
     train_ds, val_ds = build_datasets(cfg.data, num_frames=cfg.model.num_frames, seed=seed)
@@ -148,7 +178,11 @@ def fit(model: nn.Module, cfg, seed: int, device: torch.device, checkpoint_dir: 
             if val_views_per_clip is None:
                 val_views_per_clip = val_ds[0][0].shape[0]
             val_loader = _loader(val_ds, max(1, tc.batch_size // val_views_per_clip), False, workers, seed)
-            metrics.update(evaluate(model, val_loader, device, tc.amp))
+            scores = evaluate(model, val_loader, device, tc.amp)
+            details = {k: scores.pop(k) for k in EVALUATION_DETAILS if k in scores}
+            metrics.update(scores)
+            if on_evaluate is not None:
+                on_evaluate(details, epoch)
         metrics["epoch"] = epoch
         history.append(metrics)
         if ckpt is not None:
