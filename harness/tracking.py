@@ -5,7 +5,9 @@ workers write to exactly the store the driver chose.
 """
 from __future__ import annotations
 
+import math
 import os
+import platform
 import subprocess
 import time
 from pathlib import Path
@@ -36,9 +38,17 @@ def init_store(uri: str) -> MlflowClient:
     return client
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
+def experiment_id(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
+    return exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location)
+
+
+def local_artifact_location(uri: str, results_dir: str | Path, spec_name: str) -> str | None:
+    """Where a local sqlite store keeps a spec's artifacts: beside the store, not in the driver's
+    working folder (MLflow's default, ./mlruns). A tracking server decides for itself (None)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    return (Path(results_dir).resolve() / "mlartifacts" / spec_name).as_uri()
 
 
 def git_commit() -> str:
@@ -52,8 +62,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def start_parent(client: MlflowClient, spec_name: str, tags: dict[str, str]) -> str:
-    exp = experiment_id(client, spec_name)
+def start_parent(client: MlflowClient, spec_name: str, tags: dict[str, str], artifact_location: str | None = None) -> str:
+    exp = experiment_id(client, spec_name, artifact_location)
     run = client.create_run(exp, run_name=f"{spec_name} sweep {time.strftime('%Y-%m-%d %H:%M:%S')}",
                             tags={"spec": spec_name, "kind": "sweep", **tags})
     return run.info.run_id
@@ -83,6 +93,10 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# MLflow's compare page plots the first metric the runs share, in the order they were first logged.
+FIRST_METRICS = ("top1", "params_M", "GFLOPs", "latency_x")
+
+
 class TrialRun:
     """The child run of one trial. Metrics are logged in batches (one call per epoch)."""
 
@@ -99,12 +113,16 @@ class TrialRun:
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+        ordered = sorted(metrics.items(), key=lambda kv: FIRST_METRICS.index(kv[0]) if kv[0] in FIRST_METRICS else 99)
+        batch = [Metric(k, readable(v), now, step) for k, v in ordered if isinstance(v, (int, float))]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:MAX_PARAM_LEN]) for k, v in tags.items()])
+
+    def log_dict(self, obj: dict, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, obj, artifact_file)
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
@@ -119,3 +137,128 @@ def runs_frame(client: MlflowClient, runs: dict[str, Any]) -> pd.DataFrame:
         row.update({f"tag.{k}": v for k, v in run.data.tags.items() if not k.startswith("mlflow.")})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def readable(value: float, digits: int = 5) -> float:
+    """``value`` to ``digits`` significant digits (whole numbers exact): what the UI shows.
+    Timings and ratios carry no more precision than that; counts stay exact."""
+    value = float(value)
+    if value.is_integer() or not math.isfinite(value):
+        return value
+    return float(f"{value:.{digits}g}")
+
+
+def effective_module(model: dict[str, Any]) -> str:
+    """What a trial's temporal module computes, whatever the spec called it: GSF with gating
+    fixed at 1 is a TSM-like shift, at -1 TDN-like differencing, at 0 no temporal interaction
+    (TSN); with summed fusion and learned gating it is GSM. Other modules keep their names."""
+    module = model.get("module", "gsf")
+    if module == "none":
+        return "tsn"
+    if module not in ("gsf", "gsm"):
+        return module
+    fusion = "sum" if module == "gsm" else model.get("fusion", "learned")
+    gating = model.get("gating", "learned")
+    if gating == "learned":
+        return "gsf" if fusion == "learned" else "gsm"
+    g = float(gating)
+    if g == 0:
+        return "tsn-like"
+    name = {1.0: "tsm-like", -1.0: "tdn-like"}.get(g, f"fixed-gate({g:g})")
+    return name if fusion == "sum" else f"{name}+fusion"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def fingerprint() -> dict[str, str]:
+    """Hardware and software a trial ran on: results are bit-identical only where these match."""
+    import torch
+
+    out = {"hw.cpu": cpu_model(), "hw.cpus": str(os.cpu_count()), "hw.threads": str(torch.get_num_threads()),
+           "sw.torch": torch.__version__, "sw.python": platform.python_version()}
+    if torch.cuda.is_available():
+        out["hw.gpu"] = torch.cuda.get_device_name(0)
+        out["sw.cuda"] = str(torch.version.cuda)
+    return out
+
+
+def trial_params(job: dict[str, Any]) -> dict[str, str]:
+    """Readable params beside the flattened config: the row's name and what its module computes."""
+    return {"variant": job.get("variant", ""), "module_effective": effective_module(job["config"].get("model", {}))}
+
+
+def trial_tags(job: dict[str, Any], device) -> dict[str, str]:
+    """The machine's fingerprint, and how many trials shared this node's CPU (absolute timings of
+    trials that ran side by side on a CPU are not comparable with each other)."""
+    tags = {"module_effective": effective_module(job["config"].get("model", {})), **fingerprint()}
+    cpus = os.cpu_count() or 1
+    per_trial = float(job.get("cpus_per_trial", 1.0))
+    at_once = max(1, min(int(job.get("sweep_trials", 1)), int(cpus // per_trial)))
+    tags["cpu_shared_by"] = "1" if getattr(device, "type", "cpu") == "cuda" else str(at_once)
+    return tags
+
+
+def log_evaluation(run: TrialRun, details: dict[str, Any]) -> None:
+    """The last evaluation's per-class counts, predictions and gate histograms, as artifacts
+    (the report's Figs. 7 and 8), not as hundreds of metrics."""
+    if "confusion" in details:
+        run.log_dict({"class_names": details.get("class_names", []), "confusion": details["confusion"]},
+                     "evaluation/confusion.json")
+    if "predictions" in details:
+        run.log_dict({"labels": details.get("labels", []), "predictions": details["predictions"]},
+                     "evaluation/predictions.json")
+    if details.get("gates"):
+        run.log_dict(details["gates"], "evaluation/gates.json")
+
+
+def describe_experiment(client: MlflowClient, experiment_id: str, description: str) -> None:
+    """The experiment's description in the UI (its ``mlflow.note.content`` tag), and its kind:
+    model training, so that the UI opens on the runs list rather than on (empty) GenAI traces."""
+    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+    if description:
+        client.set_experiment_tag(experiment_id, "mlflow.note.content", description)
+
+
+RUNS_VIEW_KEY = "gsf-harness-trials"
+
+
+def set_runs_view(client: MlflowClient, experiment_id: str, columns: list[tuple[str, str]],
+                  key: str = RUNS_VIEW_KEY) -> str:
+    """A shared view of the experiment's runs list: trials only, these columns, best top-1 first.
+
+    MLflow keeps no server-side default columns (the UI picks Source, Models, Dataset and keeps a
+    user's choice in the browser); what it does store is a shared view, an experiment tag the UI
+    applies when opened as ``#/experiments/<id>?viewStateShareKey=<key>``. Returns ``key``."""
+    import json
+
+    state = {
+        "searchFilter": "tags.kind = 'trial'",
+        "orderByKey": "metrics.`top1`", "orderByAsc": False,
+        "selectedColumns": [f"{kind}.`{name}`" for kind, name in columns],
+        "columnOrder": [f"{kind}.`{name}`" for kind, name in columns],
+        "runListHidden": False, "viewMaximized": False,
+    }
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{key}", json.dumps(state))
+    return key
+
+
+def log_parent_report(client: MlflowClient, run_id: str, files: list, metrics: dict[str, float],
+                      tags: dict[str, str], params: dict[str, Any]) -> None:
+    """The sweep's results on its parent run: files as artifacts (report/), the rest in one batch."""
+    for f in files:
+        f = Path(f)
+        if f.is_file():
+            client.log_artifact(run_id, str(f), artifact_path="spec" if f.suffix in (".yaml", ".yml") else "report")
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, readable(v), now, 0) for k, v in metrics.items()],
+                     params=[Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()],
+                     tags=[RunTag(k, str(v)[:MAX_PARAM_LEN]) for k, v in tags.items()])

@@ -5,6 +5,7 @@ way outside Ray (``report`` defaults to a no-op), which is how the tests call it
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 import traceback
@@ -16,7 +17,7 @@ import torch
 from gsf import build_model
 from harness.measure import measure, relative_cost
 from harness.spec import TrialConfig
-from harness.tracking import TrialRun
+from harness.tracking import TrialRun, log_evaluation, trial_params, trial_tags
 
 
 def describe_device(device: torch.device) -> str:
@@ -37,11 +38,13 @@ def run_trial(job: dict[str, Any], report: Callable[[dict[str, Any]], None] | No
     device = torch.device("cuda" if use_cuda else "cpu")
     run = TrialRun(
         job["tracking_uri"], job["spec"], job.get("parent_run_id"), job["label"],
-        params={**job["config"], "measure_only": job["measure_only"]},
+        params={**job["config"], "measure_only": job["measure_only"], **trial_params(job)},
         tags={"trial_hash": job["hash"], "profile": job.get("profile", ""), "variant": job.get("variant", ""),
               "seed": str(seed), "device": describe_device(device), "git_commit": job.get("git_commit", "unknown"),
-              "measure_only": str(job["measure_only"])},
+              "measure_only": str(job["measure_only"]), **trial_tags(job, device)},
     )
+    if not job["measure_only"]:
+        run.log_metrics({"top1": math.nan})  # not evaluated yet; first, so that MLflow's compare page plots it
     try:
         torch.manual_seed(seed)
         model = build_model(**cfg.model.model_dump()).to(device)
@@ -68,7 +71,8 @@ def run_trial(job: dict[str, Any], report: Callable[[dict[str, Any]], None] | No
                 report({**result, **epoch_metrics, "epoch": epoch})
 
             # Per-epoch metrics are already logged (step = epoch); the last epoch's are the result.
-            result.update(fit(model, cfg, seed=seed, device=device, checkpoint_dir=ckpt_dir, on_epoch=on_epoch))
+            result.update(fit(model, cfg, seed=seed, device=device, checkpoint_dir=ckpt_dir, on_epoch=on_epoch,
+                              on_evaluate=lambda details, epoch: log_evaluation(run, details)))
     except SystemExit as e:
         # Ray Tune stops a trial by raising SystemExit(0) inside report(): not a failure.
         run.end("KILLED" if e.code in (0, None) else "FAILED")
