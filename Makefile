@@ -8,7 +8,7 @@ RESULTS     ?= results
 SWEEP_ARGS  ?=
 SWEEP       := RAY_AUTH_MODE=disabled RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 $(PY) -m harness.sweep
 
-.PHONY: install test test-slow mlflow-ui clean \
+.PHONY: install test test-slow mlflow-ui report report-screenshot clean \
         ablation-table1 ablation-table2 ablation-table3 ablation-table4 ablation-table5 \
         ablation-table6 ablation-table7 ablation-shift-ratio ablation-table12
 
@@ -45,6 +45,17 @@ ablation-shift-ratio: $(STAMP)
 	$(SWEEP) ablations/shift_ratio.yaml --profile $(PROFILE) --results-dir $(RESULTS) $(SWEEP_ARGS)
 ablation-table12: $(STAMP)
 	$(SWEEP) ablations/table12_latency.yaml --profile $(PROFILE) --results-dir $(RESULTS) --measure-only --cpus-per-trial $(shell nproc) $(SWEEP_ARGS)
+
+# RESULTS/index.html: every sweep's verdicts, tables (rows linked to their MLflow runs) and figures.
+# MLFLOW_UI_URL sets the address the links point at (default http://127.0.0.1:5000, `make mlflow-ui`).
+report: $(STAMP)
+	$(PY) -m reports $(RESULTS)
+
+# The documented browser check of the index page: RESULTS/index.png from Debian's headless chromium.
+report-screenshot: report
+	chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
+	  --disable-sync --no-first-run --user-data-dir=$$(mktemp -d) --window-size=1400,3000 \
+	  --screenshot=$(abspath $(RESULTS))/index.png file://$(abspath $(RESULTS))/index.html
 
 # The MLflow UI over the sweeps' store (sqlite under $(RESULTS) unless MLFLOW_TRACKING_URI is set).
 mlflow-ui: $(STAMP)

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
 
     from harness import tracking
-    from reports.render import render_table
+    from reports.report import report_sweep, runs_view_url, ui_base, write_index
 
     results_dir = Path(args.results_dir).resolve()
     uri = tracking.tracking_uri(results_dir)
@@ -80,10 +80,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(spec.trials) - len(todo)} already finished, {len(todo)} to run", flush=True)
 
     errors: list[str] = []
+    parent = None
     if todo:
         parent = tracking.start_parent(client, spec.name, {"profile": spec.profile, "git_commit": commit,
-                                                           "spec_path": str(spec.path), "mode": mode})
-        jobs = [_job(spec, t, uri, parent, results_dir, args, commit) for t in todo]
+                                                           "spec_path": str(spec.path), "mode": mode},
+                                       tracking.local_artifact_location(uri, results_dir, spec.name))
+        jobs = [_job(spec, t, uri, parent, results_dir, args, commit) | {"sweep_trials": len(todo)} for t in todo]
         try:
             errors = _run_ray(spec, jobs, results_dir, args)
         finally:
@@ -92,9 +94,13 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = {t.hash: r for t in spec.trials if (r := _pick_runs(finished, t.hash, args.measure_only)) is not None}
     out_dir = results_dir / spec.name
-    table = render_table(spec, tracking.runs_frame(client, runs), out_dir)
-    print(table.to_markdown(index=False, floatfmt=".2f"))
-    print(f"\nwrote {out_dir}/table.{{csv,md,html,tex}}; MLflow store: {uri}")
+    report = report_sweep(spec, client, runs, out_dir, uri, parent, mode)
+    print((out_dir / "table.md").read_text().split("\n\n")[0])
+    print("\n" + "\n".join(report["lines"]) if report["lines"] else "")
+    index = write_index(results_dir)
+    view = runs_view_url(ui_base(uri), report["experiment_id"], report.get("runs_view"))
+    print(f"\nwrote {out_dir}/table.{{csv,md,html,tex,png}}, verdicts.csv, figures {', '.join(report['figures'].values())}"
+          f"\nreport: {index}\nMLflow store: {uri}; runs with the key columns (after `make mlflow-ui`): {view}")
     if errors:
         print(f"\n{len(errors)} trial(s) failed:", file=sys.stderr)
         for e in errors:
@@ -108,7 +114,7 @@ def _job(spec: Spec, trial, uri: str, parent: str, results_dir: Path, args, comm
         "config": trial.config, "hash": trial.hash, "label": trial.label, "variant": trial.variant,
         "spec": spec.name, "profile": spec.profile, "tracking_uri": uri, "parent_run_id": parent,
         "results_dir": str(results_dir), "measure_only": args.measure_only, "git_commit": commit,
-        "gpus": args.gpus_per_trial,
+        "gpus": args.gpus_per_trial, "cpus_per_trial": args.cpus_per_trial,
     }
     if trial.baseline:
         # The baseline's model at the same grid point: the trial times both side by side.

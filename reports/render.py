@@ -3,17 +3,14 @@
 One row per grid point (seeds aggregated: mean, and std where there are several), the axis
 values, ``top1`` (when trained), ``params_M``, ``GFLOPs`` (fvcore multiply-accumulates per view),
 ``latency_ms``, and ``paper_*`` columns wherever the paper printed that row.
-Writes table.csv, table.md, table.html, table.tex and table.png into the output folder.
+Writes table.csv, table.md (with the verdicts on the spec's claims), table.html, table.tex and
+verdicts.csv; ``reports.report`` adds the figures.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
 
 MEASURED = ["top1", "top5", "params_M", "GFLOPs", "latency_ms", "latency_p90_ms", "train_step_ms",
             "latency_x", "train_step_x"]
@@ -97,48 +94,85 @@ def _add_ratios(table: pd.DataFrame, trials: list) -> None:
         table[ratio_col] = [ratio(i, t) for i, t in enumerate(trials)]
 
 
+PAPER_DATASET = "something-v1"  # every accuracy the paper's ablation tables print is on SS-V1
+SHARED_CPU_COLUMNS = ("latency_ms", "latency_p90_ms", "train_step_ms")
+
+
+def table_baseline(spec) -> str | None:
+    """The row the others are compared with: the variant most trials name as ``baseline``."""
+    named = [t.baseline for t in spec.trials if t.baseline]
+    return max(set(named), key=named.count) if named else None
+
+
+def shared_cpu(runs: pd.DataFrame) -> int:
+    """How many trials at most shared one node's CPU while these runs were measured (1: alone)."""
+    col = "tag.cpu_shared_by"
+    if col not in runs.columns:
+        return 1
+    return int(pd.to_numeric(runs[col], errors="coerce").fillna(1).max())
+
+
+def comparability(spec, runs: pd.DataFrame) -> dict[str, str]:
+    """Which of our columns compare with the paper's numbers, and which do not (column -> note)."""
+    config = spec.trials[0].config if spec.trials else {}
+    model, data, measure_cfg = config.get("model", {}), config.get("data", {}), config.get("measure", {})
+    notes = {}
+    if data.get("dataset") == PAPER_DATASET:
+        notes["top1"] = "top1 compares with paper_top1 (same dataset, Something-Something V1)."
+    else:
+        notes["top1"] = (f"top1 is on `{data.get('dataset')}`, not the paper's Something-Something V1: compare its "
+                         f"order and the claims' signs with the paper, never its values.")
+    full_size = (model.get("width_mult", 1.0) == 1.0 and model.get("num_classes") == 174
+                 and measure_cfg.get("input_size") == 224)
+    if full_size:
+        notes["params_M"] = "params_M and GFLOPs are the paper's network at 224 px: they compare with paper_* directly."
+    else:
+        notes["params_M"] = (f"params_M and GFLOPs are of a scaled model (width x{model.get('width_mult', 1.0)}, "
+                             f"{model.get('num_classes')} classes, {measure_cfg.get('input_size')} px): compare their "
+                             f"ratios over the baseline row with the paper's, not their values.")
+    n = shared_cpu(runs)
+    if n > 1:
+        notes["latency_ms"] = (f"† latency_ms, latency_p90_ms, train_step_ms were timed while up to {n} trials shared "
+                               f"this CPU: not comparable across rows nor with the paper. latency_x / train_step_x "
+                               f"(model and baseline timed alternately in one process) are the numbers to read.")
+    else:
+        notes["latency_ms"] = ("latency_ms: absolute time on this machine; compare rows through latency_x (timed side "
+                               "by side), and the paper's Titan V numbers not at all.")
+    return notes
+
+
+def _headers(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The table as shown (md/html): columns timed on a shared CPU marked with †."""
+    if shared_cpu(runs) <= 1:
+        return table
+    return table.rename(columns={c: f"{c}†" for c in SHARED_CPU_COLUMNS if c in table.columns})
+
+
 def render_table(spec, runs: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
+    """table.{csv,md,html,tex} and verdicts.csv into ``out_dir``; returns the table."""
+    from reports.verdicts import claim_verdicts, verdicts_frame, verdicts_markdown
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = build_table(spec, runs)
+    verdicts = claim_verdicts(spec, runs, table)
     table.to_csv(out / "table.csv", index=False)
+    verdicts_frame(verdicts).to_csv(out / "verdicts.csv", index=False)
+    notes = comparability(spec, runs)
     note = (f"\n\n{spec.name} — profile `{spec.profile or '-'}`. GFLOPs: fvcore multiply-accumulates of one view "
             f"(T frames); latency: median forward ms of one clip; *_x: time over the baseline's, both timed "
             f"alternately in one trial (median of per-round ratios); top1: mean over seeds (± std). "
-            f"paper_*: Sudhakaran et al., TPAMI 2023.\n")
-    (out / "table.md").write_text(table.to_markdown(index=False, floatfmt=".2f") + note)
-    table.to_html(out / "table.html", index=False, float_format=lambda x: f"{x:.2f}", na_rep="")
+            f"paper_*: Sudhakaran et al., TPAMI 2023.\n\n" + "\n".join(f"- {v}" for v in notes.values()) + "\n")
+    claims = verdicts_markdown(verdicts, table)
+    shown = _headers(table, runs)
+    (out / "table.md").write_text(shown.to_markdown(index=False, floatfmt=".2f") + note
+                                  + (f"\n{claims}\n" if claims else ""))
+    shown.to_html(out / "table.html", index=False, float_format=lambda x: f"{x:.2f}", na_rep="")
     (out / "table.tex").write_text(table.to_latex(index=False, float_format="%.2f", na_rep="--"))
-    plot_table(table, out / "table.png", spec.name)
     return table
 
 
-def plot_table(table: pd.DataFrame, path: Path, title: str) -> None:
-    """Bars of ours beside the paper's for the columns a reader compares: top1, GFLOPs, latency."""
-    panels = [c for c in ("top1", "GFLOPs", "latency_ms") if c in table.columns and table[c].notna().any()]
-    if not panels:
-        return
-    labels = _row_labels(table)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, col in zip(axes[0], panels):
-        x = range(len(table))
-        paper_col = f"paper_{col}"
-        has_paper = paper_col in table.columns and table[paper_col].notna().any()
-        width = 0.4 if has_paper else 0.8
-        err = table.get(f"{col}_std")
-        ax.bar([i - width / 2 * has_paper for i in x], table[col], width, yerr=err, capsize=3, label="ours")
-        if has_paper:
-            ax.bar([i + width / 2 for i in x], table[paper_col], width, label="paper")
-            ax.legend(fontsize=8)
-        ax.set_xticks(list(x), labels, rotation=30, ha="right", fontsize=8)
-        ax.set_title(col)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _row_labels(table: pd.DataFrame) -> list[str]:
+def row_labels(table: pd.DataFrame) -> list[str]:
     keys = [c for c in table.columns if c not in MEASURED and c != "runs" and not c.startswith("paper_")
             and not c.endswith("_std")]
     return [" ".join(str(r[k]) for k in keys) for _, r in table.iterrows()]

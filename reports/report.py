@@ -1,0 +1,464 @@
+"""A sweep's report (tables, verdicts, figures, ``sweep.json``, the MLflow parent run) and the index
+page over every sweep of a results folder.
+
+``report_sweep`` runs at the end of ``harness.sweep``. ``sweep.json`` records what the figures and
+the index need without the spec: the rows, each seed's run id and top-1, the verdicts, the notes
+on what compares with the paper, and the machines the runs came from. The figure commands of
+``python -m reports`` start from it.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from reports import figures
+from reports.render import comparability, render_table, row_labels, shared_cpu, table_baseline
+from reports.verdicts import claim_verdicts, judge, kendall_tau, order_text, tau_text
+
+DEFAULT_UI = "http://127.0.0.1:5000"
+FINGERPRINT_KEYS = ("hw.cpu", "sw.torch", "hw.threads")
+SYNTHETIC_MD = Path(__file__).resolve().parent.parent / "harness" / "data" / "SYNTHETIC.md"
+PAPER_TABLE8 = Path(__file__).resolve().parent / "paper" / "table8_gsf_rows.csv"
+# The runs-list columns a researcher reads first (MLflow keeps no server-side default; see README).
+VIEW_COLUMNS = [("params", "variant"), ("params", "seed"), ("params", "module_effective"), ("metrics", "top1"),
+                ("metrics", "params_M"), ("metrics", "GFLOPs"), ("metrics", "latency_x")]
+
+
+def ui_base(tracking_uri: str = "") -> str:
+    """The MLflow UI's address for links: MLFLOW_UI_URL, else a tracking server's own address
+    (it serves the UI), else ``mlflow ui``'s default."""
+    base = os.environ.get("MLFLOW_UI_URL") or (tracking_uri if tracking_uri.startswith(("http://", "https://"))
+                                               else DEFAULT_UI)
+    return base.rstrip("/")
+
+
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def runs_view_url(base: str, experiment_id: str, key: str | None) -> str:
+    """The experiment's runs list in the shared view ``key`` (trials, key columns, best first).
+    ``/runs`` itself: the experiment page's redirect drops the view key."""
+    url = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return url + (f"&viewStateShareKey={key}" if key else "")
+
+
+# --- one sweep ----------------------------------------------------------------------------------
+
+
+def report_sweep(spec, client, runs: dict[str, Any], out_dir: str | Path, tracking_uri: str,
+                 parent_run_id: str | None = None, mode: str = "") -> dict:
+    """Tables, verdicts and figures of one sweep into ``out_dir``, its ``sweep.json``, and, with
+    ``parent_run_id``, all of it onto that MLflow run. ``runs``: trial hash -> finished run.
+    Returns the sweep's metadata (what ``sweep.json`` holds), with ``lines`` to print."""
+    from harness import tracking
+
+    out = Path(out_dir)
+    frame = tracking.runs_frame(client, runs)
+    table = render_table(spec, frame, out)
+    verdicts = claim_verdicts(spec, frame, table)
+    tau, tau_rows = kendall_tau(table)
+    exp = client.get_experiment_by_name(spec.name)
+    meta = {
+        "name": spec.name, "description": spec.description, "profile": spec.profile, "mode": mode,
+        "spec_path": str(spec.path), "tracking_uri": tracking_uri,
+        "experiment_id": exp.experiment_id if exp else None, "parent_run_id": parent_run_id,
+        "baseline": table_baseline(spec),
+        "dataset": spec.trials[0].config["data"]["dataset"] if spec.trials else "",
+        "rows": _rows(spec, runs, table), "verdicts": [asdict(v) | {"summary": v.summary} for v in verdicts],
+        "kendall_tau": tau, "tau_rows": tau_rows,
+        "order_ours": order_text(table, "top1"), "order_paper": order_text(table, "paper_top1"),
+        "notes": comparability(spec, frame), "shared_cpu": shared_cpu(frame),
+        "fingerprints": _fingerprints(frame), "figures": {},
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if exp is not None:
+        description = spec.description + ("\n\n" + "\n".join(f"- {v.summary}" for v in verdicts) if verdicts else "")
+        tracking.describe_experiment(client, exp.experiment_id, description)
+        meta["runs_view"] = tracking.set_runs_view(client, exp.experiment_id, VIEW_COLUMNS)
+    make_figures(meta, client, out, table)
+    _write_meta(meta, out)
+    meta["lines"] = console_lines(meta)
+    if parent_run_id:
+        log_to_parent(client, meta, out, spec.path)
+    return meta
+
+
+def _write_meta(meta: dict, out: Path) -> None:
+    (out / "sweep.json").write_text(json.dumps(_clean({k: v for k, v in meta.items() if k != "lines"}), indent=1,
+                                               default=str))
+
+
+def _clean(obj):
+    """NaN (no value) as JSON null; infinity (e.g. seeds needed for a tie) as a string."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else str(obj) if math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _rows(spec, runs: dict[str, Any], table: pd.DataFrame) -> list[dict]:
+    labels = row_labels(table)
+    points: dict[tuple, dict] = {}
+    for t in spec.trials:
+        key = (t.variant, tuple(t.axes.items()))
+        if key not in points:
+            points[key] = {"label": labels[len(points)], "variant": t.variant, "baseline": t.baseline,
+                           "axes": {k.split(".")[-1]: v for k, v in t.axes.items()}, "runs": []}
+        row = points[key]
+        run = runs.get(t.hash)
+        if run is not None:
+            top1 = run.data.metrics.get("top1")
+            row["runs"].append({"seed": t.seed, "run_id": run.info.run_id, "hash": t.hash, "top1": top1,
+                                "gating": t.config["model"].get("gating")})
+    return list(points.values())
+
+
+def _fingerprints(frame: pd.DataFrame) -> list[dict]:
+    cols = [f"tag.{k}" for k in FINGERPRINT_KEYS]
+    if not len(frame) or not all(c in frame.columns for c in cols):
+        return []
+    distinct = frame[cols].fillna("?").drop_duplicates()
+    return [{k: str(r[f"tag.{k}"]) for k in FINGERPRINT_KEYS} for _, r in distinct.iterrows()]
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def make_figures(meta: dict, client, out: Path, table: pd.DataFrame | None = None) -> None:
+    """Every figure the sweep's data allow; names recorded in ``meta["figures"]``."""
+    table = pd.read_csv(out / "table.csv") if table is None else table
+    if table_figure(meta, table, out / "table.png"):
+        meta["figures"]["table"] = "table.png"
+    if fig7(meta, client, out / "fig7.png"):
+        meta["figures"]["fig7"] = "fig7.png"
+    result = fig8(meta, client, out / "fig8.png")
+    if result:
+        meta["figures"]["fig8"] = "fig8.png"
+        meta["gate_answer"] = result[1]
+    if fig9([(meta, table)], out / "fig9.png"):
+        meta["figures"]["fig9"] = "fig9.png"
+
+
+def _row(meta: dict, label: str | None) -> dict | None:
+    return next((r for r in meta["rows"] if label in (r["label"], r["variant"])), None)
+
+
+def comparisons(meta: dict) -> list[tuple[int, int]]:
+    """(row, reference row) pairs: each row with a ``baseline`` against that row at the same axis
+    values; without any, every row against the first."""
+    rows = meta["rows"]
+    index = {(r["variant"], json.dumps(r["axes"], sort_keys=True)): i for i, r in enumerate(rows)}
+    pairs = []
+    for i, r in enumerate(rows):
+        j = index.get((r.get("baseline"), json.dumps(r["axes"], sort_keys=True)))
+        if r.get("baseline") and j is not None:
+            pairs.append((i, j))
+    return pairs or [(i, 0) for i in range(1, len(rows))]
+
+
+def table_figure(meta: dict, table: pd.DataFrame, path: Path):
+    labels = [r["label"] for r in meta["rows"]]
+    if len(labels) != len(table):
+        return None
+    pairs = comparisons(meta)
+    seeds = [{r["seed"]: r["top1"] for r in row["runs"] if r.get("top1") is not None} for row in meta["rows"]]
+    deltas = {}
+    for i, j in pairs:
+        if seeds[i] and seeds[j]:
+            n, method, diff, low, high, _ = judge(seeds[i], seeds[j])
+            deltas[i] = (diff, low, high)
+    return figures.plot_table(table, path, meta["name"], labels, pairs, deltas)
+
+
+def _artifacts(client, row: dict, name: str) -> dict[int, dict]:
+    """seed -> the JSON artifact ``evaluation/<name>`` of each run of ``row`` that has it."""
+    out = {}
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in row["runs"]:
+            try:
+                local = client.download_artifacts(r["run_id"], f"evaluation/{name}", tmp)
+            except Exception:  # an older run, or one without this artifact
+                continue
+            out[r["seed"]] = json.loads(Path(local).read_text())
+    return out
+
+
+def fig7(meta: dict, client, path: Path, row: str | None = None, baseline: str | None = None, top: int = 10):
+    """The classes ``row`` (default: the first row that is not the baseline) improved most over
+    ``baseline`` (default: the spec's), from the seeds both ran."""
+    import numpy as np
+
+    baseline = baseline or meta.get("baseline")
+    base_row = _row(meta, baseline)
+    if base_row is None:
+        return None
+    candidates = [r for r in meta["rows"] if r is not base_row and not r["axes"]] if row is None else [_row(meta, row)]
+    target = next((r for r in candidates if r is not None), None)
+    if target is None:
+        return None
+    a, b = _artifacts(client, target, "confusion.json"), _artifacts(client, base_row, "confusion.json")
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    names = a[seeds[0]].get("class_names") or [str(i) for i in range(len(a[seeds[0]]["confusion"]))]
+    improved = figures.most_improved([np.array(a[s]["confusion"]) for s in seeds],
+                                     [np.array(b[s]["confusion"]) for s in seeds], names, top)
+    improved.to_csv(path.with_suffix(".csv"), index=False)
+    return figures.plot_fig7(improved, path, target["label"], base_row["label"], len(seeds))
+
+
+def fig8(meta: dict, client, path: Path, row: str | None = None):
+    """Gate histograms per layer of ``row`` (default: the first row with learned gating that
+    recorded them), seeds pooled; returns (path, the bottom/top answer)."""
+    candidates = [_row(meta, row)] if row else [r for r in meta["rows"]
+                                                if r["runs"] and r["runs"][0].get("gating") == "learned"]
+    for target in candidates:
+        if target is None:
+            continue
+        gates = _artifacts(client, target, "gates.json")
+        if gates:
+            pooled = figures.pool_gates(list(gates.values()))
+            (path.with_suffix(".json")).write_text(json.dumps(pooled))
+            answer = figures.gate_answer(pooled)
+            return figures.plot_fig8(pooled, path, target["label"], len(gates)), answer
+    return None
+
+
+def fig9(sweeps: list[tuple[dict, pd.DataFrame]], path: Path):
+    """Top-1 against GFLOPs over the rows of one or more sweeps (each: its meta and table)."""
+    frames = []
+    for meta, table in sweeps:
+        if not {"top1", "GFLOPs", "params_M"} <= set(table.columns):
+            continue
+        part = table.copy()
+        labels = [r["label"] for r in meta["rows"]]
+        part["label"] = labels if len(labels) == len(part) else row_labels(table)
+        part["sweep"] = meta["name"]
+        frames.append(part)
+    if not frames:
+        return None
+    points = pd.concat(frames, ignore_index=True)
+    reference = None
+    if PAPER_TABLE8.is_file():
+        t8 = pd.read_csv(PAPER_TABLE8)
+        t8 = t8[(t8["frames"] == 8) & (t8["clips"] == 1)]
+        reference = pd.DataFrame({"label": "GSF " + t8["backbone"], "top1": t8["top1_ssv1"],
+                                  "GFLOPs": t8["GFLOPs_per_view"], "params_M": t8["params_M"]})
+    return figures.plot_fig9(points, path, reference)
+
+
+# --- MLflow -------------------------------------------------------------------------------------
+
+
+def claim_key(claim: str) -> str:
+    """An MLflow metric/tag name for a claim: 'GSF > GSM' -> 'claim.GSF_gt_GSM' ('+' 'plus', '%' 'pct')."""
+    text = claim.replace(" > ", "_gt_").replace("+", "plus").replace("%", "pct")
+    return "claim." + re.sub(r"[^\w.\- /]", "_", text).strip().replace(" ", "_")
+
+
+def log_to_parent(client, meta: dict, out: Path, spec_path) -> None:
+    """The sweep's parent run: spec, tables, figures and sweep.json as artifacts; each verdict as
+    metrics (difference, interval) and a tag (the sentence); the description as the run's note."""
+    from harness import tracking
+
+    files = [out / name for name in ("table.csv", "table.md", "table.html", "table.tex", "verdicts.csv",
+                                     "sweep.json", "fig7.csv", "fig8.json")]
+    files += [out / f for f in meta["figures"].values()]
+    metrics, tags = {}, {}
+    for v in meta["verdicts"]:
+        key = claim_key(v["claim"]) + (("." + re.sub(r"[^\w.\-]", "_", v["point"])) if v["point"] else "")
+        tags[key] = v["summary"]
+        for field in ("diff", "low", "high"):
+            if v[field] is not None and not (isinstance(v[field], float) and math.isnan(v[field])):
+                metrics[f"{key}.{field}"] = v[field]
+        metrics[f"{key}.holds"] = 1.0 if v["verdict"] == "holds" else -1.0 if v["verdict"] == "reversed" else 0.0
+    if meta["kendall_tau"] is not None and not math.isnan(meta["kendall_tau"]):
+        metrics["kendall_tau"] = meta["kendall_tau"]
+    note = "\n".join([meta["description"], ""] + [f"- {v['summary']}" for v in meta["verdicts"]]
+                     + ([f"\nKendall tau vs the paper: {tau_text(meta['kendall_tau'])} over {meta['tau_rows']} rows"]
+                        if meta["tau_rows"] >= 2 else []))
+    tags["mlflow.note.content"] = note
+    if meta.get("gate_answer"):
+        tags["fig8.bottom_differencing_top_averaging"] = meta["gate_answer"]
+    tracking.log_parent_report(client, meta["parent_run_id"], [spec_path, *files], metrics, tags,
+                               {"profile": meta["profile"], "claims": len(meta["verdicts"]),
+                                "rows": len(meta["rows"]), "baseline": meta["baseline"] or "-"})
+
+
+# --- console ------------------------------------------------------------------------------------
+
+
+def console_lines(meta: dict) -> list[str]:
+    lines = []
+    if meta["verdicts"]:
+        lines.append("Claims (top-1 difference, 95% interval):")
+        lines += [f"  {v['summary']}" for v in meta["verdicts"]]
+    if meta["tau_rows"] >= 2:
+        lines.append(f"Rank agreement with the paper: Kendall tau {tau_text(meta['kendall_tau'])} over {meta['tau_rows']} "
+                     f"rows (ours: {meta['order_ours']}; paper: {meta['order_paper']})")
+    if meta.get("gate_answer"):
+        lines.append(f"Fig. 8, bottom layers differencing and top layers averaging? {meta['gate_answer']}")
+    hw = hardware_note(meta)
+    if hw:
+        lines.append(hw)
+    if meta["shared_cpu"] > 1:
+        lines.append(f"latency_ms† was timed with up to {meta['shared_cpu']} trials sharing the CPU: read latency_x.")
+    return lines
+
+
+def reference_fingerprint(path: Path = SYNTHETIC_MD) -> dict[str, str]:
+    """The machine SYNTHETIC.md's reference numbers came from: its `hw.cpu=...` style marks."""
+    if not path.is_file():
+        return {}
+    return dict(re.findall(r"`((?:hw|sw)\.\w+)=([^`]*)`", path.read_text()))
+
+
+def hardware_note(meta: dict) -> str:
+    """For sweeps on the synthetic benchmark: do our runs share SYNTHETIC.md's machine?"""
+    if meta.get("dataset") != "synthetic" or not meta.get("fingerprints"):
+        return ""
+    ref = reference_fingerprint()
+    if not ref:
+        return ""
+    ours = meta["fingerprints"]
+    same = all(all(fp.get(k) == ref.get(k) for k in FINGERPRINT_KEYS if k in ref) for fp in ours)
+    desc = "; ".join(", ".join(f"{k}={fp[k]}" for k in FINGERPRINT_KEYS) for fp in ours)
+    ref_desc = ", ".join(f"{k}={ref[k]}" for k in FINGERPRINT_KEYS if k in ref)
+    if same:
+        return f"Hardware: these runs ({desc}) match SYNTHETIC.md's reference machine: its numbers should reproduce exactly."
+    return (f"Hardware: these runs ({desc}) differ from SYNTHETIC.md's reference machine ({ref_desc}): "
+            f"the same code and seeds give different numbers on another CPU or torch build; compare spreads, not digits.")
+
+
+# --- the index page -----------------------------------------------------------------------------
+
+
+def load_sweeps(results_dir: str | Path) -> list[tuple[dict, pd.DataFrame, Path]]:
+    out = []
+    for meta_path in sorted(Path(results_dir).glob("*/sweep.json")):
+        meta = json.loads(meta_path.read_text())
+        table_path = meta_path.parent / "table.csv"
+        table = pd.read_csv(table_path) if table_path.is_file() else pd.DataFrame()
+        out.append((meta, table, meta_path.parent))
+    return out
+
+
+HEADER = """<p><b>What compares with the paper.</b> Sizes (<code>params_M</code>, <code>GFLOPs</code>) at the
+paper's network size (<code>paper</code> profile); in scaled-down smoke runs, their ratios over the baseline row.
+Cost ratios measured side by side (<code>latency_x</code>, <code>train_step_x</code>). The signs of the claims and
+the order of the rows (Kendall &tau;). Top-1 values only where the dataset is the paper's (Something-Something V1).</p>
+<p><b>What does not.</b> Smoke top-1 (a synthetic temporal benchmark, two epochs from scratch: its
+values say nothing about Something-Something). Absolute latency on a shared CPU
+(<code>latency_ms&dagger;</code>: trials ran side by side) or against the paper's Titan V.</p>"""
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1250px;margin:1.5em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.holds{color:#1a7f37;font-weight:600}
+.reversed{color:#cf222e;font-weight:600}.unresolved{color:#9a6700;font-weight:600}.note{font-size:13px;color:#444}
+img{max-width:100%;border:1px solid #ddd;margin:.4em 0}.sweep{border-top:2px solid #888;margin-top:1.6em}
+code{background:#f6f6f6;padding:0 3px}.hw{background:#fff8c5;padding:4px 8px}"""
+
+
+def _verdict_class(verdict: str) -> str:
+    return "holds" if verdict == "holds" else "reversed" if verdict == "reversed" else "unresolved"
+
+
+def _table_html(meta: dict, table: pd.DataFrame, base: str) -> str:
+    exp = meta.get("experiment_id")
+    shown = table.copy()
+    marks = {c: f"{c}†" for c in ("latency_ms", "latency_p90_ms", "train_step_ms")} if meta.get("shared_cpu", 1) > 1 else {}
+    rows = meta["rows"]
+    head = "".join(f"<th>{html.escape(marks.get(c, c))}</th>" for c in shown.columns) + "<th>MLflow runs</th>"
+    body = []
+    for i, (_, r) in enumerate(shown.iterrows()):
+        cells = "".join(f"<td>{_cell(v)}</td>" for v in r)
+        links = ""
+        if i < len(rows) and exp:
+            links = " ".join(f'<a href="{html.escape(run_url(base, exp, x["run_id"]))}">seed {x["seed"]}</a>'
+                             for x in rows[i]["runs"])
+        body.append(f"<tr>{cells}<td>{links}</td></tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _code(text: str) -> str:
+    """Markdown `code` spans as HTML, the rest escaped."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.2f}" if abs(v) >= 0.1 or v == 0 else f"{v:.4f}"
+    return html.escape(str(v))
+
+
+def write_index(results_dir: str | Path, base: str | None = None) -> Path:
+    """RESULTS_DIR/index.html: every sweep's verdicts, table (rows linked to their MLflow runs)
+    and figures, and Fig. 9 over all of them (RESULTS_DIR/fig9.png)."""
+    results_dir = Path(results_dir)
+    sweeps = load_sweeps(results_dir)
+    parts = [f"<h1>GSF ablations: {len(sweeps)} sweep{'s' * (len(sweeps) != 1)} in {html.escape(str(results_dir))}</h1>",
+             HEADER]
+    if len(sweeps) > 1 and fig9([(m, t) for m, t, _ in sweeps], results_dir / "fig9.png"):
+        parts.append('<h2>Fig. 9 over all sweeps</h2><img src="fig9.png" alt="Fig. 9, all sweeps">')
+    for meta, table, folder in sweeps:
+        ui = base or ui_base(meta.get("tracking_uri", ""))
+        rel = folder.name
+        exp = meta.get("experiment_id")
+        parts.append(f'<div class="sweep"><h2 id="{html.escape(rel)}">{html.escape(meta["name"])}</h2>')
+        parts.append(f'<p>{html.escape(meta["description"])}<br><span class="note">profile <code>'
+                     f'{html.escape(meta["profile"] or "-")}</code>, {html.escape(meta.get("mode") or "")}, '
+                     f'rendered {html.escape(meta["generated"])}.')
+        if exp:
+            parts.append(f' <a href="{html.escape(runs_view_url(ui, exp, None))}">MLflow experiment</a>')
+            if meta.get("runs_view"):
+                parts.append(f' (<a href="{html.escape(runs_view_url(ui, exp, meta["runs_view"]))}">'
+                             f'trials with the key columns</a>)')
+            if meta.get("parent_run_id"):
+                parts.append(f', <a href="{html.escape(run_url(ui, exp, meta["parent_run_id"]))}">sweep run</a>')
+        parts.append("</span></p>")
+        hw = hardware_note(meta)
+        if hw:
+            parts.append(f'<p class="hw">{html.escape(hw)}</p>')
+        if meta["verdicts"]:
+            items = "".join(f'<li><span class="{_verdict_class(v["verdict"])}">{html.escape(v["verdict"])}</span>: '
+                            f'{html.escape(v["summary"])}</li>' for v in meta["verdicts"])
+            parts.append(f"<h3>Claims</h3><p class='note'>Top-1 difference of the two rows with its 95% interval: "
+                         f"paired t over the seeds both rows ran (Welch t where they share none).</p><ul>{items}</ul>")
+        if meta["tau_rows"] >= 2:
+            parts.append(f"<p>Rank agreement with the paper: Kendall &tau; = {tau_text(meta['kendall_tau'])} over "
+                         f"{meta['tau_rows']} rows. Ours: {html.escape(meta['order_ours'])}. "
+                         f"Paper: {html.escape(meta['order_paper'])}.</p>")
+        if len(table):
+            parts.append("<h3>Table</h3>" + _table_html(meta, table, ui))
+        parts.append("<ul class='note'>" + "".join(f"<li>{_code(n)}</li>" for n in meta["notes"].values())
+                     + "</ul>")
+        parts.append(f'<p class="note">Files: <a href="{rel}/table.md">table.md</a> <a href="{rel}/table.csv">'
+                     f'table.csv</a> <a href="{rel}/table.tex">table.tex</a> <a href="{rel}/verdicts.csv">'
+                     f'verdicts.csv</a> <a href="{rel}/sweep.json">sweep.json</a></p>')
+        captions = {"table": "Δ top-1 and cost over the baseline row, our sizes",
+                    "fig7": "Fig. 7: classes most improved over the baseline",
+                    "fig8": "Fig. 8: gate values per GSF layer" + (f" — {meta['gate_answer']}" if meta.get("gate_answer") else ""),
+                    "fig9": "Fig. 9: accuracy against GFLOPs, marker area ∝ params"}
+        for key, name in meta.get("figures", {}).items():
+            parts.append(f'<h3>{html.escape(captions.get(key, key))}</h3><img src="{rel}/{name}" alt="{key}">')
+        parts.append("</div>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>GSF ablation report</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    path = results_dir / "index.html"
+    path.write_text(page)
+    return path
