@@ -374,8 +374,12 @@ img{max-width:100%;border:1px solid #ddd;margin:.4em 0}.sweep{border-top:2px sol
 code{background:#f6f6f6;padding:0 3px}.hw{background:#fff8c5;padding:4px 8px}"""
 
 
-def _verdict_class(verdict: str) -> str:
-    return "holds" if verdict == "holds" else "reversed" if verdict == "reversed" else "unresolved"
+def _verdict_html(v: dict) -> str:
+    """The verdict's sentence with its verdict coloured (holds / reversed / unresolved)."""
+    kind = v["verdict"] if v["verdict"] in ("holds", "reversed") else "unresolved"
+    text, verdict = html.escape(v["summary"]), html.escape(v["verdict"])
+    head, sep, tail = text.rpartition(verdict)
+    return f'{head}<span class="{kind}">{verdict}</span>{tail}' if sep else text
 
 
 def _table_html(meta: dict, table: pd.DataFrame, base: str) -> str:
@@ -435,8 +439,7 @@ def write_index(results_dir: str | Path, base: str | None = None) -> Path:
         if hw:
             parts.append(f'<p class="hw">{html.escape(hw)}</p>')
         if meta["verdicts"]:
-            items = "".join(f'<li><span class="{_verdict_class(v["verdict"])}">{html.escape(v["verdict"])}</span>: '
-                            f'{html.escape(v["summary"])}</li>' for v in meta["verdicts"])
+            items = "".join(f"<li>{_verdict_html(v)}</li>" for v in meta["verdicts"])
             parts.append(f"<h3>Claims</h3><p class='note'>Top-1 difference of the two rows with its 95% interval: "
                          f"paired t over the seeds both rows ran (Welch t where they share none).</p><ul>{items}</ul>")
         if meta["tau_rows"] >= 2:

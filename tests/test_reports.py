@@ -293,7 +293,7 @@ def test_index_links_rows_to_mlflow_runs_and_says_what_compares(tmp_path):
     assert 'href="http://mlflow.example:5000/#/experiments/7/runs/gsf1"' in page
     assert "viewStateShareKey=v" in page and "latency_ms†" in page
     assert "What compares with the paper" in page and "What does not" in page
-    assert '<span class="holds">holds</span>' in page and "GSF &gt; TSN: +35.00" in page
+    assert "GSF &gt; TSN: +35.00 [+35.00, +35.00] (paired t, 2 seeds) → <span class=\"holds\">holds</span>" in page
     assert '<img src="t5/table.png"' in page and "<code>synthetic</code>" in page
     proc = subprocess.run([sys.executable, "-m", "reports", str(results)], capture_output=True, text=True, cwd=ROOT,
                           timeout=120)
