@@ -17,7 +17,8 @@ import torch
 from gsf import build_model
 from harness.measure import measure, relative_cost
 from harness.spec import TrialConfig
-from harness.tracking import TrialRun, log_evaluation, trial_params, trial_tags
+from harness.run_info import log_evaluation, trial_params, trial_tags
+from harness.tracking import TrialRun
 
 
 def describe_device(device: torch.device) -> str:

@@ -29,9 +29,6 @@ DEFAULT_UI = "http://127.0.0.1:5000"
 FINGERPRINT_KEYS = ("hw.cpu", "sw.torch", "hw.threads")
 SYNTHETIC_MD = Path(__file__).resolve().parent.parent / "harness" / "data" / "SYNTHETIC.md"
 PAPER_TABLE8 = Path(__file__).resolve().parent / "paper" / "table8_gsf_rows.csv"
-# The runs-list columns a researcher reads first (MLflow keeps no server-side default; see README).
-VIEW_COLUMNS = [("params", "variant"), ("params", "seed"), ("params", "module_effective"), ("metrics", "top1"),
-                ("metrics", "params_M"), ("metrics", "GFLOPs"), ("metrics", "latency_x")]
 
 
 def ui_base(tracking_uri: str = "") -> str:
@@ -62,6 +59,7 @@ def report_sweep(spec, client, runs: dict[str, Any], out_dir: str | Path, tracki
     ``parent_run_id``, all of it onto that MLflow run. ``runs``: trial hash -> finished run.
     Returns the sweep's metadata (what ``sweep.json`` holds), with ``lines`` to print."""
     from harness import tracking
+    from reports import mlflow_ui
 
     out = Path(out_dir)
     frame = tracking.runs_frame(client, runs)
@@ -84,13 +82,13 @@ def report_sweep(spec, client, runs: dict[str, Any], out_dir: str | Path, tracki
     }
     if exp is not None:
         description = spec.description + ("\n\n" + "\n".join(f"- {v.summary}" for v in verdicts) if verdicts else "")
-        tracking.describe_experiment(client, exp.experiment_id, description)
-        meta["runs_view"] = tracking.set_runs_view(client, exp.experiment_id, VIEW_COLUMNS)
+        mlflow_ui.describe_experiment(client, exp.experiment_id, description)
+        meta["runs_view"] = mlflow_ui.set_runs_view(client, exp.experiment_id)
     make_figures(meta, client, out, table)
     _write_meta(meta, out)
     meta["lines"] = console_lines(meta)
     if parent_run_id:
-        log_to_parent(client, meta, out, spec.path)
+        mlflow_ui.log_to_parent(client, meta, out, spec.path)
     return meta
 
 
@@ -260,44 +258,6 @@ def fig9(sweeps: list[tuple[dict, pd.DataFrame]], path: Path):
         reference = pd.DataFrame({"label": "GSF " + t8["backbone"], "top1": t8["top1_ssv1"],
                                   "GFLOPs": t8["GFLOPs_per_view"], "params_M": t8["params_M"]})
     return figures.plot_fig9(points, path, reference)
-
-
-# --- MLflow -------------------------------------------------------------------------------------
-
-
-def claim_key(claim: str) -> str:
-    """An MLflow metric/tag name for a claim: 'GSF > GSM' -> 'claim.GSF_gt_GSM' ('+' 'plus', '%' 'pct')."""
-    text = claim.replace(" > ", "_gt_").replace("+", "plus").replace("%", "pct")
-    return "claim." + re.sub(r"[^\w.\- /]", "_", text).strip().replace(" ", "_")
-
-
-def log_to_parent(client, meta: dict, out: Path, spec_path) -> None:
-    """The sweep's parent run: spec, tables, figures and sweep.json as artifacts; each verdict as
-    metrics (difference, interval) and a tag (the sentence); the description as the run's note."""
-    from harness import tracking
-
-    files = [out / name for name in ("table.csv", "table.md", "table.html", "table.tex", "verdicts.csv",
-                                     "sweep.json", "fig7.csv", "fig8.json")]
-    files += [out / f for f in meta["figures"].values()]
-    metrics, tags = {}, {}
-    for v in meta["verdicts"]:
-        key = claim_key(v["claim"]) + (("." + re.sub(r"[^\w.\-]", "_", v["point"])) if v["point"] else "")
-        tags[key] = v["summary"]
-        for field in ("diff", "low", "high"):
-            if v[field] is not None and not (isinstance(v[field], float) and math.isnan(v[field])):
-                metrics[f"{key}.{field}"] = v[field]
-        metrics[f"{key}.holds"] = 1.0 if v["verdict"] == "holds" else -1.0 if v["verdict"] == "reversed" else 0.0
-    if meta["kendall_tau"] is not None and not math.isnan(meta["kendall_tau"]):
-        metrics["kendall_tau"] = meta["kendall_tau"]
-    note = "\n".join([meta["description"], ""] + [f"- {v['summary']}" for v in meta["verdicts"]]
-                     + ([f"\nKendall tau vs the paper: {tau_text(meta['kendall_tau'])} over {meta['tau_rows']} rows"]
-                        if meta["tau_rows"] >= 2 else []))
-    tags["mlflow.note.content"] = note
-    if meta.get("gate_answer"):
-        tags["fig8.bottom_differencing_top_averaging"] = meta["gate_answer"]
-    tracking.log_parent_report(client, meta["parent_run_id"], [spec_path, *files], metrics, tags,
-                               {"profile": meta["profile"], "claims": len(meta["verdicts"]),
-                                "rows": len(meta["rows"]), "baseline": meta["baseline"] or "-"})
 
 
 # --- console ------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from scipy import stats
 from gsf import GSF, build_model
 from harness.gates import GateRecorder
 from harness.spec import SpecError, load_spec
-from harness.tracking import effective_module, readable
+from harness.run_info import effective_module
+from harness.tracking import readable
 from reports import figures, report
 from reports.verdicts import claim_verdicts, judge, kendall_tau, seeds_to_resolve
 

@@ -1,0 +1,83 @@
+"""What a trial records about itself besides its metrics: what its module computes, the machine
+it ran on, how many trials shared that machine's CPU, and its evaluation's per-class data.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from harness.tracking import TrialRun
+
+
+def effective_module(model: dict[str, Any]) -> str:
+    """What a trial's temporal module computes, whatever the spec called it: GSF with gating
+    fixed at 1 is a TSM-like shift, at -1 TDN-like differencing, at 0 no temporal interaction
+    (TSN); with summed fusion and learned gating it is GSM. Other modules keep their names."""
+    module = model.get("module", "gsf")
+    if module == "none":
+        return "tsn"
+    if module not in ("gsf", "gsm"):
+        return module
+    fusion = "sum" if module == "gsm" else model.get("fusion", "learned")
+    gating = model.get("gating", "learned")
+    if gating == "learned":
+        return "gsf" if fusion == "learned" else "gsm"
+    g = float(gating)
+    if g == 0:
+        return "tsn-like"
+    name = {1.0: "tsm-like", -1.0: "tdn-like"}.get(g, f"fixed-gate({g:g})")
+    return name if fusion == "sum" else f"{name}+fusion"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def fingerprint() -> dict[str, str]:
+    """Hardware and software a trial ran on: results are bit-identical only where these match."""
+    import torch
+
+    out = {"hw.cpu": cpu_model(), "hw.cpus": str(os.cpu_count()), "hw.threads": str(torch.get_num_threads()),
+           "sw.torch": torch.__version__, "sw.python": platform.python_version()}
+    if torch.cuda.is_available():
+        out["hw.gpu"] = torch.cuda.get_device_name(0)
+        out["sw.cuda"] = str(torch.version.cuda)
+    return out
+
+
+def trial_params(job: dict[str, Any]) -> dict[str, str]:
+    """Readable params beside the flattened config: the row's name and what its module computes."""
+    return {"variant": job.get("variant", ""), "module_effective": effective_module(job["config"].get("model", {}))}
+
+
+def trial_tags(job: dict[str, Any], device) -> dict[str, str]:
+    """The machine's fingerprint, and how many trials shared this node's CPU (absolute timings of
+    trials that ran side by side on a CPU are not comparable with each other)."""
+    tags = {"module_effective": effective_module(job["config"].get("model", {})), **fingerprint()}
+    cpus = os.cpu_count() or 1
+    per_trial = float(job.get("cpus_per_trial", 1.0))
+    at_once = max(1, min(int(job.get("sweep_trials", 1)), int(cpus // per_trial)))
+    tags["cpu_shared_by"] = "1" if getattr(device, "type", "cpu") == "cuda" else str(at_once)
+    return tags
+
+
+def log_evaluation(run: TrialRun, details: dict[str, Any]) -> None:
+    """The last evaluation's per-class counts, predictions and gate histograms, as artifacts
+    (the report's Figs. 7 and 8), not as hundreds of metrics."""
+    if "confusion" in details:
+        run.log_dict({"class_names": details.get("class_names", []), "confusion": details["confusion"]},
+                     "evaluation/confusion.json")
+    if "predictions" in details:
+        run.log_dict({"labels": details.get("labels", []), "predictions": details["predictions"]},
+                     "evaluation/predictions.json")
+    if details.get("gates"):
+        run.log_dict(details["gates"], "evaluation/gates.json")
