@@ -70,7 +70,8 @@ def report_sweep(spec, client, runs: dict[str, Any], out_dir: str | Path, tracki
     meta = {
         "name": spec.name, "description": spec.description, "profile": spec.profile, "mode": mode,
         "spec_path": str(spec.path), "tracking_uri": tracking_uri,
-        "experiment_id": exp.experiment_id if exp else None, "parent_run_id": parent_run_id,
+        "experiment_id": exp.experiment_id if exp else None,
+        "parent_run_id": parent_run_id or _latest_sweep_run(client, exp),  # for the link, when nothing re-ran
         "baseline": table_baseline(spec),
         "dataset": spec.trials[0].config["data"]["dataset"] if spec.trials else "",
         "rows": _rows(spec, runs, table), "verdicts": [asdict(v) | {"summary": v.summary} for v in verdicts],
@@ -90,6 +91,14 @@ def report_sweep(spec, client, runs: dict[str, Any], out_dir: str | Path, tracki
     if parent_run_id:
         mlflow_ui.log_to_parent(client, meta, out, spec.path)
     return meta
+
+
+def _latest_sweep_run(client, exp) -> str | None:
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], "tags.kind = 'sweep'", order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def _write_meta(meta: dict, out: Path) -> None:
