@@ -19,16 +19,21 @@ Every error is a ``SpecError`` naming the file, the key and what is allowed.
 from __future__ import annotations
 
 import copy
+import csv
 import hashlib
 import itertools
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from harness.data import DataConfig
 
@@ -39,8 +44,126 @@ class SpecError(Exception):
     """A bad spec or command line: one line, naming the file and the key."""
 
 
+# --- reading the YAML -------------------------------------------------------------------------
+
+MAX_SPEC_BYTES = 1_000_000
+MAX_DEPTH = 50  # a spec is 5-6 levels deep; far deeper input only exhausts Python's recursion limit
+MAX_NODES = 100_000  # scalars and collections once aliases are expanded; a shipped spec has < 1000
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a spec's name is a folder name
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Input PyYAML accepts but a spec must not contain."""
+
+
+class SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses what PyYAML lets through and a spec never needs: duplicate
+    keys (PyYAML keeps the last one silently), nesting deeper than ``MAX_DEPTH`` (a RecursionError
+    otherwise) and aliases that expand past ``MAX_NODES`` nodes (a few hundred bytes of nested
+    anchors become gigabytes once the tree is walked). ``1e-4`` is a float, as in YAML 1.2, not
+    the string YAML 1.1 makes of it."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(problem=f"nested deeper than {MAX_DEPTH} levels",
+                               problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in with '<<' may be overridden: that is what merging is for
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, typing.Hashable) and key in first_line:
+                    raise _Refused(problem=f"duplicate key {key!r} (first on line {first_line[key]})",
+                                   problem_mark=key_node.start_mark)
+                if isinstance(key, typing.Hashable):
+                    first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+
+
+def _check_expansion(root) -> None:
+    """Count the nodes of the tree with every alias expanded, in time linear in the file."""
+    sizes: dict[int, int] = {}
+
+    def size(node) -> int:
+        if id(node) in sizes:
+            if sizes[id(node)] < 0:
+                raise _Refused(problem="an alias refers to a node that contains it", problem_mark=node.start_mark)
+            return sizes[id(node)]
+        sizes[id(node)] = -1
+        if isinstance(node, SequenceNode):
+            n = 1 + sum(size(child) for child in node.value)
+        elif isinstance(node, MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            n = 1
+        if n > MAX_NODES:
+            raise _Refused(problem=f"aliases expand this node past {MAX_NODES} nodes", problem_mark=node.start_mark)
+        sizes[id(node)] = n
+        return n
+
+    if root is not None:
+        size(root)
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; every problem is a one-line ``SpecError`` with the line."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read: {e.strerror}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: {len(data)} bytes; a spec is at most {MAX_SPEC_BYTES} bytes of YAML")
+    for bom, encoding in ((b"\xff\xfe", "UTF-16/32"), (b"\xfe\xff", "UTF-16"), (b"\x00\x00\xfe\xff", "UTF-32")):
+        if data.startswith(bom):
+            raise SpecError(f"{path}: {encoding} text (byte-order mark {bom.hex()}); save the spec as UTF-8")
+    if b"\x00" in data:
+        line = data[:data.index(b"\x00")].count(b"\n") + 1
+        raise SpecError(f"{path}:{line}: a NUL byte: binary or UTF-16 data, not a YAML text file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise SpecError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the spec as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=SpecLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = e.problem or e.context or "invalid"
+        if not isinstance(e, _Refused):
+            what = f"not valid YAML: {what}" + (f" ({e.context})" if e.context and e.problem else "")
+        raise SpecError(f"{where}: {what}") from None
+    except yaml.YAMLError as e:  # ReaderError: a control character
+        line = text[:getattr(e, "position", 0)].count("\n") + 1
+        reason = str(e).splitlines()[0]
+        raise SpecError(f"{path}:{line}: not valid YAML: {reason}") from None
+
+
+# --- the schema -------------------------------------------------------------------------------
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "8" is not a count and true is not 1 (YAML and pydantic would otherwise coerce them)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ModelConfig(_Strict):
@@ -48,15 +171,16 @@ class ModelConfig(_Strict):
 
     backbone: str = "resnet50"
     module: str = "gsf"
-    num_classes: int = Field(174, ge=1)
-    num_frames: int = Field(8, ge=1)
-    shift_ratio: float | None = None
-    gating: Literal["learned"] | float = "learned"
+    num_classes: int = Field(174, ge=1, le=100_000, description="classes the classifier predicts")
+    num_frames: int = Field(8, ge=1, le=256, description="frames per clip (T)")
+    shift_ratio: float | None = Field(None, description="fraction of channels gated/shifted/fused, in (0, 1]")
+    gating: Literal["learned"] | Annotated[float, Field(ge=-1, le=1)] = Field(
+        "learned", description='"learned", or a fixed gate in [-1, 1] (1: TSM-like, -1: TDN-like, 0: TSN)')
     fusion: Literal["learned", "sum"] = "learned"
     placement: str | None = None
-    num_blocks: int | None = Field(None, ge=0)
+    num_blocks: int | None = Field(None, ge=0, le=64, description="only the last N blocks get a module (None: all)")
     pretrained: str | None = None
-    width_mult: float = Field(1.0, gt=0)
+    width_mult: float = Field(1.0, ge=1 / 64, le=4, description="backbone channel multiplier (thin CPU stand-ins)")
     dropout: float = Field(0.5, ge=0, lt=1)
     channel_shuffle: bool = False
     module_options: dict[str, Any] = {}
@@ -90,27 +214,27 @@ class TrainConfig(_Strict):
     """The paper's recipe (section 4.2) by default; ``lr`` is for a batch of ``lr_batch`` clips
     and scales linearly with ``batch_size``. ``momentum`` applies to SGD only."""
 
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(60, ge=1, le=10_000, description="training epochs")
     optimizer: Literal["sgd", "adamw"] = "sgd"  # adamw: short CPU smoke runs learn faster
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.01, gt=0)
-    lr_batch: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, le=8192, description="clips per training batch")
+    lr: float = Field(0.01, gt=0, le=10, description="learning rate for a batch of lr_batch clips")
+    lr_batch: int = Field(32, ge=1, le=8192, description="the batch size lr is given for")
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_epochs: float = Field(10, ge=0)
-    clip_grad_norm: float | None = Field(20.0, gt=0)
+    weight_decay: float = Field(1e-4, ge=0, le=1, description="L2 penalty (decoupled for adamw)")
+    warmup_epochs: float = Field(10, ge=0, le=10_000, description="linear warm-up length, in epochs")
+    clip_grad_norm: float | None = Field(20.0, gt=0, description="gradient-norm clip (None: off)")
     amp: bool = True
-    eval_every: int = Field(1, ge=1)
-    max_batches_per_epoch: int | None = Field(None, ge=1)
+    eval_every: int = Field(1, ge=1, le=10_000, description="validate every N epochs (and after the last)")
+    max_batches_per_epoch: int | None = Field(None, ge=1, le=10_000_000, description="cap on batches per epoch")
 
 
 class MeasureConfig(_Strict):
-    input_size: int = Field(224, ge=16)
+    input_size: int = Field(224, ge=16, le=1024, description="frame side the model is measured at, pixels")
     flops: bool = True
     latency: bool = True
-    latency_runs: int = Field(20, ge=20)
-    latency_warmup: int = Field(5, ge=1)
-    latency_clips: int = Field(1, ge=1)
+    latency_runs: int = Field(20, ge=20, le=100_000, description="timed forward passes (median reported)")
+    latency_warmup: int = Field(5, ge=1, le=10_000, description="untimed passes before timing")
+    latency_clips: int = Field(1, ge=1, le=1024, description="clips per timed batch")
     fp16_on_gpu: bool = True
     train_step: bool = False
 
@@ -140,7 +264,8 @@ class SpecFile(_Strict):
     paper_table: str | None = None
     base: dict[str, Any] = {}
     grid: Grid = Grid()
-    seeds: list[int] = [0]
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(
+        [0], min_length=1, description="each grid point runs once per seed")
     profiles: dict[str, dict[str, Any]] = {}
     claims: list[str] = Field([], description=(
         "the paper's claims about its rows, each 'A > B' with A and B variant names: A's top-1 "
@@ -203,15 +328,27 @@ def _where(loc: tuple) -> str:
 
 
 def _pydantic_message(path: Path, prefix: str, err: ValidationError, root: type[BaseModel]) -> str:
-    e = err.errors()[0]
-    key = ".".join(filter(None, [prefix, _where(e["loc"])]))
-    msg = e["msg"].removeprefix("Value error, ")
+    errors = err.errors()
+    e = errors[0]
+    loc = _field_loc(e["loc"])
+    key = ".".join(filter(None, [prefix, _where(loc)]))
+    # A union reports one error per member type: say what each member would have accepted.
+    msgs = list(dict.fromkeys(x["msg"].removeprefix("Value error, ") for x in errors if _field_loc(x["loc"]) == loc))
+    msg = " or ".join([msgs[0], *(m.removeprefix("Input should be ") for m in msgs[1:])])
     if e["type"] == "extra_forbidden":
         allowed = _allowed_keys(root, e["loc"][:-1])
         msg = "unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
     elif "input" in e and not isinstance(e["input"], (dict, list)):
         msg = f"{msg} (got {e['input']!r})"
     return f"{path}: {key}: {msg}"
+
+
+def _field_loc(loc: tuple) -> tuple:
+    """An error location without pydantic's union-member tags ("float", "literal['learned']")."""
+    tags = ("str", "int", "float", "bool", "none", "dict", "list", "tuple")
+    while loc and isinstance(loc[-1], str) and (loc[-1] in tags or "[" in loc[-1] or loc[-1].startswith(("function-", "constrained-"))):
+        loc = loc[:-1]
+    return loc
 
 
 def _allowed_keys(root: type[BaseModel], parent: tuple) -> list[str]:
@@ -261,16 +398,18 @@ def load_spec(path: str | Path, profile: str | None = None) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a spec is a mapping with keys {', '.join(SpecFile.model_fields)}")
     try:
         spec = SpecFile.model_validate(raw)
     except ValidationError as e:
         raise SpecError(_pydantic_message(path, "", e, SpecFile)) from None
+    name = spec.name if spec.name is not None else path.stem
+    if not NAME.fullmatch(name):
+        source = "name" if spec.name is not None else "name (the file name, as the spec sets none)"
+        raise SpecError(f"{path}: {source}: {name!r} names a folder of the results dir, so it may hold only letters, "
+                        "digits, '.', '_' and '-' (first a letter or digit, at most 100)")
 
     if profile is None:
         profile = "smoke" if "smoke" in spec.profiles else "paper" if "paper" in spec.profiles else None
@@ -287,13 +426,8 @@ def load_spec(path: str | Path, profile: str | None = None) -> Spec:
         where = f"profiles.{profile}" if _has_path(override, loc) else "base"
         raise SpecError(_pydantic_message(path, where, e, TrialConfig)) from None
 
-    paper_table = None
-    if spec.paper_table:
-        paper_table = PAPER_DIR / spec.paper_table
-        if not paper_table.is_file():
-            raise SpecError(f"{path}: paper_table: {spec.paper_table!r} not found in {PAPER_DIR}")
-
     variants = spec.grid.variants or [Variant(name="")]
+    paper_table = _check_paper_rows(path, spec.paper_table, variants)
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise SpecError(f"{path}: grid.variants: names must be unique, got {names}")
@@ -306,7 +440,9 @@ def load_spec(path: str | Path, profile: str | None = None) -> Spec:
     for key, values in spec.grid.axes.items():
         if not values:
             raise SpecError(f"{path}: grid.axes.{key}: needs at least one value")
-    trials = []
+        _no_repeats(path, f"grid.axes.{key}", values)
+    _no_repeats(path, "seeds", spec.seeds)
+    trials, declared = [], []
     for i, variant in enumerate(variants):
         for combo in itertools.product(*spec.grid.axes.values()):
             point = copy.deepcopy(base)
@@ -327,7 +463,55 @@ def load_spec(path: str | Path, profile: str | None = None) -> Spec:
                 config = resolved.model_dump(mode="json")
                 config["seed"] = seed
                 trials.append(Trial(config, variant.name, axes, seed, variant.paper_row, variant.baseline))
-    hashes = [t.hash for t in trials]
-    if len(set(hashes)) != len(hashes):
-        raise SpecError(f"{path}: grid: two grid points resolve to the same config; make them differ")
-    return Spec(path, spec.name or path.stem, spec.description, profile or "", paper_table, trials, axis_keys, claims)
+                declared.append({**variant.set, **axes})
+    first: dict[str, int] = {}
+    for j, trial in enumerate(trials):
+        i = first.setdefault(trial.hash, j)
+        if i != j:
+            raise SpecError(f"{path}: grid: {_collision(trials[i], trials[j], declared[i], declared[j])}")
+    return Spec(path, name, spec.description, profile or "", paper_table, trials, axis_keys, claims)
+
+
+def _no_repeats(path: Path, where: str, values: list) -> None:
+    seen = set()
+    for v in values:
+        blob = json.dumps(v, sort_keys=True, default=str)
+        if blob in seen:
+            raise SpecError(f"{path}: {where}: {v!r} is listed twice; each value makes its own trials")
+        seen.add(blob)
+
+
+def _collision(a: Trial, b: Trial, set_a: dict, set_b: dict) -> str:
+    """Why two grid points are one config: the keys they set differently resolve to one value."""
+    keys = [k for k in dict.fromkeys([*set_a, *set_b]) if set_a.get(k, "unset") != set_b.get(k, "unset")]
+    parts = []
+    for k in keys:
+        section, field_name = k.split(".")
+        value = a.config[section][field_name]
+        parts.append(f"{k}: {set_a.get(k, 'unset')!r} vs {set_b.get(k, 'unset')!r}, both {value!r}")
+    why = f" (they differ only in {'; '.join(parts)})" if parts else ""
+    return f"{a.label!r} and {b.label!r} resolve to the same config{why}; make them differ or drop one"
+
+
+def _check_paper_rows(path: Path, table: str | None, variants: list[Variant]) -> Path | None:
+    """The paper table exists and has a column for every key a ``paper_row`` matches on."""
+    rows = [(i, v) for i, v in enumerate(variants) if v.paper_row]
+    if table is None:
+        if rows:
+            i, v = rows[0]
+            raise SpecError(f"{path}: grid.variants[{i}] ({v.name}).paper_row: needs a paper_table to look the row up in")
+        return None
+    file = PAPER_DIR / table
+    if not file.is_file():
+        raise SpecError(f"{path}: paper_table: {table!r} not found in {PAPER_DIR}")
+    try:
+        with file.open(newline="") as f:
+            columns = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise SpecError(f"{path}: paper_table: cannot read {file}: {e}") from None
+    for i, v in rows:
+        for key in v.paper_row:
+            if key not in columns:
+                raise SpecError(f"{path}: grid.variants[{i}] ({v.name}).paper_row: {key!r} is not a column of {file.name}; "
+                                f"allowed: {', '.join(columns)}")
+    return file
