@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from harness.data import DataConfig, DataError, build_datasets
+from harness.data import DataConfig, DataError, build_datasets, check_data
 from harness.data import transforms as tf
 
 T = 4
@@ -280,3 +280,110 @@ def test_bad_flip_label_map_file(tmp_path):
     error(lambda: build_datasets(cfg, T), str(tmp_path / "pairs.json"))
     cfg = DataConfig(**data, flip=True, flip_label_map={0: 7})
     error(lambda: build_datasets(cfg, T), "outside [0, 3)")
+
+
+# --- damaged videos and wrong counts: a DataError naming the file, never a substitute ---------
+
+def write_noise_video(path, codec, count=12, size=(64, 48)):
+    """Noise frames (every block coded, so damage anywhere hits picture data), the index (moov) at
+    the front as streaming-friendly mp4s have it: a truncated file still opens and claims 12."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for _ in range(count):
+            img = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def damaged_videos(tmp_path, codec, damage):
+    root = tmp_path / "kinetics400"
+    (root / "videos").mkdir(parents=True)
+    data = write_noise_video(root / "videos" / "ok.mp4", codec).read_bytes()
+    if damage.startswith("truncated"):
+        data = data[: len(data) * int(damage.removeprefix("truncated")) // 100]
+    elif damage == "cut":  # after the 6th frame's packet: the decoder sees no damage, only an early end
+        with av.open(str(root / "videos" / "ok.mp4")) as container:
+            ends = sorted(p.pos + p.size for p in container.demux(video=0) if p.size)
+        data = data[: ends[5]]
+    elif damage == "garbled":
+        middle = bytearray(data)
+        m = len(middle) // 2
+        middle[m:m + 200] = np.random.default_rng(0).integers(0, 256, 200, dtype=np.uint8).tobytes()
+        data = bytes(middle)
+    bad = root / "videos" / "bad.mp4"
+    bad.write_bytes(data)
+    (root / "train.txt").write_text("videos/ok.mp4 0\nvideos/bad.mp4 1\n")
+    (root / "val.txt").write_text("videos/ok.mp4 0\nvideos/bad.mp4 1\n")
+    (root / "categories.txt").write_text("a\nb\n")
+    cfg = DataConfig(dataset="kinetics400", root=str(root), train_list="train.txt", val_list="val.txt",
+                     categories="categories.txt", input_size=32)
+    return cfg, bad
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "libx264"])
+@pytest.mark.parametrize("damage", ["truncated50", "truncated90", "cut", "garbled"])
+def test_damaged_video_is_a_data_error_naming_the_file(tmp_path, codec, damage):
+    cfg, bad = damaged_videos(tmp_path, codec, damage)
+    check_data(cfg, 2)  # opening and decoding is not cheap: the damage shows when the clip is read
+    train, val = build_datasets(cfg, num_frames=T)
+    assert val[0][0].shape == (1, T, 3, 32, 32)  # the intact noise video decodes without complaint
+    for ds in (train, val):
+        msg = error(lambda: ds[1], str(bad))
+        assert "truncated or corrupt" in msg or "no video frames" in msg, msg
+
+
+def test_video_cut_short_says_how_many_frames_it_has_and_claims(tmp_path):
+    cfg, bad = damaged_videos(tmp_path, "mpeg4", "cut")
+    _, val = build_datasets(cfg, num_frames=T)
+    msg = error(lambda: val[1], str(bad))
+    assert "decoded 6 frames but the container claims 12" in msg and "needs frame 11" in msg, msg
+    cfg, bad = damaged_videos(tmp_path / "t", "mpeg4", "truncated50")
+    _, val = build_datasets(cfg, num_frames=T)
+    msg = error(lambda: val[1], str(bad))
+    assert "decoding failed at frame" in msg and "of the 12 the container claims" in msg, msg
+    assert msg.count(str(bad)) == 1, msg
+
+
+def test_garbled_video_fails_where_the_decoder_would_conceal(tmp_path):
+    cfg, bad = damaged_videos(tmp_path, "mpeg4", "garbled")
+    _, val = build_datasets(cfg, num_frames=T)
+    assert "decoding failed at frame" in error(lambda: val[1], str(bad))
+
+
+def test_empty_video_file_is_refused_up_front(tmp_path):
+    data = videos(tmp_path)
+    (tmp_path / "kinetics400" / "videos" / "c.mkv").write_bytes(b"")
+    msg = error(lambda: check_data(DataConfig(**data), 2), str(tmp_path / "kinetics400" / "videos" / "c.mkv"))
+    assert "empty" in msg and "train.txt:2" in msg
+
+
+def test_short_folder_is_caught_up_front_by_a_listing(tmp_path):
+    data = something(tmp_path)
+    root = tmp_path / "ssv1"
+    (root / "train.txt").write_text("frames/100 12 0\nframes/101 3 1\nframes/102 4 2\n")  # 102 holds 20
+    msg = error(lambda: check_data(DataConfig(**data), 3), str(root / "frames" / "102"))
+    assert "listed with 4 frames" in msg and "train.txt:3" in msg and "holds 20" in msg, msg
+    (root / "train.txt").write_text("frames/100 20 0\n")  # 100 holds 12
+    msg = error(lambda: check_data(DataConfig(**data), 3), str(root / "frames" / "100" / "00013.jpg"))
+    assert "listed with 20 frames" in msg and "00012.jpg only" in msg, msg
+
+
+def test_wrong_frame_template_is_caught_up_front(tmp_path):
+    data = something(tmp_path, "v1")
+    cfg = DataConfig(**data, frame_template="img_{:05d}.jpg")
+    msg = error(lambda: check_data(cfg, 3), "img_00001.jpg: frame not found")
+    assert "holds no img_00001.jpg" in msg
+
+
+def test_classes_are_checked_against_the_model_up_front(tmp_path):
+    data = something(tmp_path)
+    check_data(DataConfig(**data), 3)
+    msg = error(lambda: check_data(DataConfig(**data), 174), str(tmp_path / "ssv1" / "categories.txt"))
+    assert "3 classes, but model.num_classes is 174" in msg
+    msg = error(lambda: check_data(DataConfig(num_classes=4), 7), "model.num_classes is 7")
+    assert "data.num_classes is 4" in msg

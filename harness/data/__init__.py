@@ -2,11 +2,12 @@
 files and the synthetic temporal benchmark, with TSN sampling and the paper's test protocols.
 
     cfg = DataConfig(**data_section)
+    check_data(cfg, num_classes=174)  # once, up front: lists, folders, frame counts, classes
     train_ds, val_ds = build_datasets(cfg, num_frames=8, seed=0)
     clip, label = train_ds[i]    # (T, 3, S, S) float, normalised
     views, label = val_ds[i]     # (V, T, 3, S, S), V = test_clips * test_crops
 """
 from .config import DataConfig, DataError
-from .datasets import ClipDataset, build_datasets
+from .datasets import ClipDataset, build_datasets, check_data
 
-__all__ = ["DataConfig", "DataError", "build_datasets", "ClipDataset"]
+__all__ = ["DataConfig", "DataError", "build_datasets", "check_data", "ClipDataset"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Union
+from typing import Annotated, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -11,6 +11,10 @@ from .synthetic import MAX_CLASSES, Nuisance
 FRAME_DATASETS = {"something-v1": "{:05d}.jpg", "something-v2": "{:06d}.jpg"}  # 1-based frame files
 # Datasets whose classes name left/right: a horizontal flip needs a label map.
 DIRECTIONAL = ("something-v1", "something-v2")
+
+
+_T = TypeVar("_T")
+_Lax = Annotated[_T, Field(strict=False)]  # a str is a Path; JSON's lists and str keys are tuples and ints
 
 
 class DataError(ValueError):
@@ -55,35 +59,36 @@ class DataConfig(BaseModel):
       seed           which clips: train clip i is rendered from (seed, 0, i), val from (seed, 1, i)
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "8" is not a count and true is not 1; paths and label maps also come back from JSON
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     dataset: Literal["synthetic", "something-v1", "something-v2", "kinetics400", "diving48"] = "synthetic"
-    input_size: int | None = Field(None, gt=0)
-    scale_size: int | None = Field(None, gt=0)
+    input_size: int | None = Field(None, ge=16, le=1024, description="crop fed to the model, pixels")
+    scale_size: int | None = Field(None, ge=16, le=2048, description="short side test frames are resized to")
     protocol: Literal["efficiency", "accuracy"] = "efficiency"
-    test_clips: int | None = Field(None, gt=0)
+    test_clips: int | None = Field(None, ge=1, le=100, description="clips per test video (overrides protocol)")
     test_crops: Literal[1, 3] | None = None
     multiscale: bool | None = None
     flip: bool = False
-    flip_label_map: Union[dict[int, int], list[tuple[int, int]], str, None] = None
-    workers: int = Field(0, ge=0)
+    flip_label_map: Union[_Lax[dict[int, int]], _Lax[list[tuple[int, int]]], str, None] = None
+    workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes")
 
-    root: Path | None = None
-    train_list: Path | None = None
-    val_list: Path | None = None
-    categories: Path | None = None
+    root: _Lax[Path] | None = None
+    train_list: _Lax[Path] | None = None
+    val_list: _Lax[Path] | None = None
+    categories: _Lax[Path] | None = None
     frame_template: str | None = None
 
-    num_classes: int = Field(12, ge=2, le=MAX_CLASSES)
-    train_size: int = Field(4000, gt=0)
-    val_size: int = Field(500, gt=0)
-    frame_size: int = Field(40, ge=16)
-    distractors: int = Field(Nuisance.distractors, ge=0)
-    clutter: int = Field(Nuisance.clutter, ge=0)
+    num_classes: int = Field(12, ge=2, le=MAX_CLASSES, description="synthetic classes (even)")
+    train_size: int = Field(4000, ge=1, le=10_000_000, description="synthetic clips per training epoch")
+    val_size: int = Field(500, ge=1, le=1_000_000, description="synthetic validation clips")
+    frame_size: int = Field(40, ge=16, le=512, description="synthetic frame side, pixels")
+    distractors: int = Field(Nuisance.distractors, ge=0, le=32, description="synthetic moving distractors")
+    clutter: int = Field(Nuisance.clutter, ge=0, le=64, description="synthetic static background shapes")
     occlusion: float = Field(Nuisance.occlusion, ge=0, le=1)
     noise: float = Field(Nuisance.noise, ge=0, le=100)
     jitter: float = Field(Nuisance.jitter, ge=0, le=8)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="which synthetic clips")
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":

@@ -2,11 +2,14 @@
 ``ClipDataset`` that does TSN sampling and the protocol's views.
 
 Nothing is opened in ``__init__`` beyond validation, so datasets pickle into DataLoader workers.
+``check_data`` is the up-front check a sweep's driver runs once per data config: lists, categories,
+folders and their frame counts (a directory listing each), without decoding anything.
 Every read error surfaces as ``DataError`` with the path: no sample is ever silently replaced.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -32,13 +35,15 @@ def read_categories(path: Path) -> list[str]:
     return names
 
 
-def read_list(path: Path, cfg: DataConfig, num_classes: int, frames: bool) -> list[tuple[Path, int, int]]:
-    """Parse and check a list file -> [(folder or video path, frame count or 0, label)]."""
+def read_list(path: Path, cfg: DataConfig, num_classes: int, frames: bool,
+              template: str | None = None) -> list[tuple[Path, int, int]]:
+    """Parse and check a list file -> [(folder or video path, frame count or 0, label)]. With
+    ``template`` (frame lists), each folder's frames are counted and must match the list."""
     if not path.is_file():
         raise DataError(f"{path}: list file not found")
     fields = 3 if frames else 2
     form = "folder num_frames label" if frames else "path label"
-    samples, missing = [], []
+    samples, missing, wrong = [], [], []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -57,6 +62,10 @@ def read_list(path: Path, cfg: DataConfig, num_classes: int, frames: bool) -> li
         item = cfg.resolve(Path(parts[0]))
         if not (item.is_dir() if frames else item.is_file()):
             missing.append((item, lineno))
+        elif not frames and item.stat().st_size == 0:
+            raise DataError(f"{item}: video file is empty (listed in {path}:{lineno})")
+        elif template is not None and (held := count_frames(item, template)) != count:
+            wrong.append(_count_mismatch(item, template, count, held, f"{path}:{lineno}"))
         samples.append((item, count, label))
     if not samples:
         raise DataError(f"{path}: list is empty")
@@ -65,7 +74,48 @@ def read_list(path: Path, cfg: DataConfig, num_classes: int, frames: bool) -> li
         kind = "frame folder" if frames else "video file"
         more = f"; {len(missing)} of {len(samples)} listed entries are missing" if len(missing) > 1 else ""
         raise DataError(f"{item}: {kind} not found (listed in {path}:{lineno}){more}")
+    if wrong:
+        more = f"; {len(wrong)} of {len(samples)} listed counts are wrong" if len(wrong) > 1 else ""
+        raise DataError(wrong[0] + more)
     return samples
+
+
+def count_frames(folder: Path, template: str) -> int:
+    """How many frames 1, 2, ... ``folder`` holds: one directory listing, nothing decoded."""
+    names = set(os.listdir(folder))
+    n = 0
+    while template.format(n + 1) in names:
+        n += 1
+    return n
+
+
+def _count_mismatch(folder: Path, template: str, listed: int, held: int, where: str) -> str:
+    if held < listed:
+        return (f"{folder / template.format(held + 1)}: frame not found: {folder} is listed with {listed} frames "
+                f"({where}) but holds {template.format(1)} to {template.format(held)} only" if held else
+                f"{folder / template.format(1)}: frame not found: {folder} is listed with {listed} frames ({where}) "
+                f"but holds no {template.format(1)}")
+    return (f"{folder}: listed with {listed} frames ({where}) but holds {held}; a clip would sample only the "
+            f"first {listed}: fix the list")
+
+
+def check_data(cfg: DataConfig, num_classes: int | None = None) -> None:
+    """Everything about ``cfg``'s data that is cheap to check before training: categories (and
+    ``num_classes``, the model's), the flip label map, both lists, every listed folder or video,
+    and each folder's frame count against its list. Decoding errors surface when a clip is read."""
+    if cfg.synthetic:
+        if num_classes is not None and num_classes != cfg.num_classes:
+            raise DataError(f"model.num_classes is {num_classes} but data.num_classes is {cfg.num_classes}")
+        return
+    categories = cfg.resolve(cfg.categories)
+    names = read_categories(categories)
+    if num_classes is not None and num_classes != len(names):
+        raise DataError(f"{categories}: {len(names)} classes, but model.num_classes is {num_classes}")
+    flip_map(cfg, names)
+    frames = cfg.dataset in FRAME_DATASETS
+    template = (cfg.frame_template or FRAME_DATASETS[cfg.dataset]) if frames else None
+    for p in (cfg.train_list, cfg.val_list):
+        read_list(cfg.resolve(p), cfg, len(names), frames, template)
 
 
 def flip_map(cfg: DataConfig, categories: list[str]) -> dict[int, int]:
@@ -154,33 +204,55 @@ class VideoFiles(Listed):
     def read(self, i: int, clips: list[np.ndarray]) -> list[np.ndarray]:
         path = self.samples[i][0]
         try:
-            # Trust the header's frame count and stop after the last frame needed; if it has
-            # none, or it was wrong, decode the whole video and count.
-            decoded = self._decode(path, clips, trust_header=True) or self._decode(path, clips, trust_header=False)
+            with open_video(path) as container:
+                stream = container.streams.video[0]
+                # Frame positions come from the container's frame count; decoding stops after the
+                # last frame a clip needs. Without a count (Matroska), the whole video is counted.
+                claimed = stream.frames
+                last = max(int(tf.frame_indices(p, claimed).max()) for p in clips) if claimed > 0 else None
+                frames = []
+                try:
+                    for frame in container.decode(stream):
+                        frames.append(frame)
+                        if last is not None and len(frames) > last:
+                            break
+                except av.FFmpegError as exc:
+                    raise DataError(decode_failure(path, len(frames), claimed, exc)) from None
+        except DataError:
+            raise
         except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
             raise DataError(f"{path}: cannot decode video: {exc}") from None
-        if decoded is None:
-            raise DataError(f"{path}: no video frames could be decoded")
-        return decoded
-
-    @staticmethod
-    def _decode(path: Path, clips: list[np.ndarray], trust_header: bool) -> list[np.ndarray] | None:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            count = stream.frames if trust_header else 0
-            if trust_header and count <= 0:
-                return None
-            last = max(int(tf.frame_indices(p, count).max()) for p in clips) if count else None
-            frames = []
-            for frame in container.decode(stream):
-                frames.append(frame)
-                if last is not None and len(frames) > last:
-                    break
-        if not frames or (last is not None and len(frames) <= last):
-            return None
-        n = count or len(frames)
+        check_decoded(path, len(frames), claimed, last)
+        n = claimed if claimed > 0 else len(frames)
         return [np.stack([frames[k].to_ndarray(format="rgb24") for k in tf.frame_indices(p, n)]).transpose(0, 3, 1, 2)
                 for p in clips]
+
+
+# Checks any video decoder here calls (a seeking one too): nothing decoded is ever stretched over
+# frames that are not there, and a decoder that has to conceal damage fails instead.
+
+def open_video(path: Path) -> av.container.InputContainer:
+    """``path`` opened for decoding, its video decoder set to raise on damaged data rather than
+    conceal it (FFmpeg's default paints over a garbled block and carries on)."""
+    container = av.open(str(path))
+    for stream in container.streams.video:
+        stream.codec_context.options = {"err_detect": "explode"}
+    return container
+
+
+def decode_failure(path: Path, decoded: int, claimed: int, exc: Exception) -> str:
+    total = f" of the {claimed} the container claims" if claimed > 0 else ""
+    return f"{path}: decoding failed at frame {decoded + 1}{total} ({exc}): the file is truncated or corrupt"
+
+
+def check_decoded(path: Path, decoded: int, claimed: int, last_needed: int | None) -> None:
+    """Raise unless the decoder produced every frame up to ``last_needed`` (0-based)."""
+    if decoded == 0:
+        raise DataError(f"{path}: no video frames could be decoded"
+                        + (f" (the container claims {claimed})" if claimed > 0 else ""))
+    if last_needed is not None and decoded <= last_needed:
+        raise DataError(f"{path}: decoded {decoded} frames but the container claims {claimed}, and the clip needs "
+                        f"frame {last_needed + 1}: the file is truncated or corrupt")
 
 
 class Synthetic:
@@ -245,7 +317,8 @@ class ClipDataset(Dataset):
 
 
 def build_datasets(cfg: DataConfig, num_frames: int = 8, seed: int = 0) -> tuple[ClipDataset, ClipDataset]:
-    """(train, val) datasets for ``cfg``; lists, folders and videos are checked here, up front.
+    """(train, val) datasets for ``cfg``; lists are parsed and the listed folders and videos must
+    exist. Frame counts against the folders are ``check_data``'s, run once per sweep by the driver.
 
     ``seed`` (the trial's) seeds train-time augmentation; the synthetic clips themselves come
     from ``cfg.seed``, so every trial of a sweep sees the same benchmark.
