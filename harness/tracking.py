@@ -5,10 +5,15 @@ workers write to exactly the store the driver chose.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import math
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,10 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from harness.spec import SpecError
+
 MAX_PARAM_LEN = 6000
+PROBE_TIMEOUT_S = 10  # an MLflow server answers in milliseconds; MLflow's own retries take minutes
 
 
 def tracking_uri(results_dir: str | Path) -> str:
@@ -29,12 +37,67 @@ def tracking_uri(results_dir: str | Path) -> str:
     return f"sqlite:///{path}"
 
 
-def init_store(uri: str) -> MlflowClient:
-    """Create (migrate) the store once in the driver: a fresh sqlite DB hit by several
-    processes at once fails its schema migration."""
-    client = MlflowClient(uri)
-    client.search_experiments(max_results=1)
+def open_store(uri: str) -> MlflowClient:
+    """The store at ``uri``, probed once with a short timeout and created (migrated) here in the
+    driver. A store that does not answer or that MLflow rejects is a one-line ``SpecError``."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            pass  # something answers; the query below says whether it is an MLflow server
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise SpecError(f"tracking store {uri} does not answer ({reason}; waited up to {PROBE_TIMEOUT_S} s): "
+                            "start the MLflow server or fix MLFLOW_TRACKING_URI") from None
+    try:
+        with _creation_lock(uri), _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+                                       MLFLOW_HTTP_REQUEST_TIMEOUT=str(PROBE_TIMEOUT_S)), _quiet("mlflow.store.db.utils"):
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 (MLflow raises many types for a store it cannot use)
+        text = str(e).strip().splitlines()
+        raise SpecError(f"tracking store {uri}: {type(e).__name__}: {text[0] if text else ''}") from None
     return client
+
+
+@contextlib.contextmanager
+def _creation_lock(uri: str):
+    """A fresh sqlite DB hit by two drivers at once fails its schema migration: create it under a
+    file lock beside it."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """No INFO lines from ``logger`` (MLflow announces creating a store's tables on stderr)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def experiment_id(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
@@ -79,6 +142,43 @@ def finished_trials(client: MlflowClient, spec_name: str) -> dict[str, list[Any]
     for run in runs:
         out.setdefault(run.data.tags.get("trial_hash"), []).append(run)
     return out
+
+
+def close_stale_runs(client: MlflowClient, spec_name: str, results_dir: str) -> int:
+    """Mark KILLED the RUNNING runs of this spec whose sweep wrote to ``results_dir``: the caller
+    holds that folder's lock, so the driver that started them is gone. Returns how many."""
+    exp = client.get_experiment_by_name(spec_name)
+    if exp is None:
+        return 0
+    running = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=50000)
+    folder_of: dict[str, str | None] = {}
+
+    def sweep_folder(run_id: str | None) -> str | None:
+        if run_id and run_id not in folder_of:
+            try:
+                folder_of[run_id] = client.get_run(run_id).data.tags.get("results_dir")
+            except Exception:  # noqa: BLE001 (a parent deleted from the store)
+                folder_of[run_id] = None
+        return folder_of.get(run_id) if run_id else None
+
+    closed = 0
+    for run in running:
+        tags = run.data.tags
+        folder = tags.get("results_dir") if tags.get("kind") == "sweep" else sweep_folder(tags.get("mlflow.parentRunId"))
+        if folder == results_dir:
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed += 1
+    return closed
+
+
+def close_children(client: MlflowClient, parent_run_id: str, status: str = "KILLED") -> int:
+    """End the parent's child runs still RUNNING (their trial's process was stopped or lost)."""
+    run = client.get_run(parent_run_id)
+    runs = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+                              "and attributes.status = 'RUNNING'", max_results=50000)
+    for child in runs:
+        client.set_terminated(child.info.run_id, status)
+    return len(runs)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

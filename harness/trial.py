@@ -67,13 +67,21 @@ def run_trial(job: dict[str, Any], report: Callable[[dict[str, Any]], None] | No
 
             ckpt_dir = Path(job["results_dir"]) / job["spec"] / "checkpoints" / job["hash"]
 
+            epochs_run = []
+
             def on_epoch(epoch_metrics: dict[str, float], epoch: int) -> None:
+                epochs_run.append(epoch)
                 run.log_metrics(epoch_metrics, step=epoch)
                 report({**result, **epoch_metrics, "epoch": epoch})
 
             # Per-epoch metrics are already logged (step = epoch); the last epoch's are the result.
-            result.update(fit(model, cfg, seed=seed, device=device, checkpoint_dir=ckpt_dir, on_epoch=on_epoch,
-                              on_evaluate=lambda details, epoch: log_evaluation(run, details)))
+            trained = fit(model, cfg, seed=seed, device=device, checkpoint_dir=ckpt_dir, on_epoch=on_epoch,
+                          on_evaluate=lambda details, epoch: log_evaluation(run, details))
+            if not epochs_run:
+                # The checkpoint already held the last epoch (its driver died before the run was
+                # closed): no epoch ran here, so this run gets the result now, or it has no top1.
+                run.log_metrics(trained, step=cfg.train.epochs)
+            result.update(trained)
     except SystemExit as e:
         # Ray Tune stops a trial by raising SystemExit(0) inside report(): not a failure.
         run.end("KILLED" if e.code in (0, None) else "FAILED")

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -133,8 +135,8 @@ def test_sweep_trains_logs_renders_and_resumes(tmp_path):
 def test_failed_trial_exits_1_and_keeps_the_others(tmp_path):
     variants = [
         {"name": "ok", "set": {"model.module": "tsm"}},
-        # 7 classes in the model but 4 in the data: this trial fails when training starts.
-        {"name": "broken", "set": {"model.module": "tsm", "model.num_classes": 7}},
+        # a batch larger than the 64-clip training set: this trial fails when training starts
+        {"name": "broken", "set": {"model.module": "tsm", "train.batch_size": 128}},
     ]
     path, results = _spec(tmp_path, variants, "failing"), tmp_path / "results"
     spec = yaml.safe_load(path.read_text())
@@ -143,7 +145,99 @@ def test_failed_trial_exits_1_and_keeps_the_others(tmp_path):
     path.write_text(yaml.safe_dump(spec))
     proc = _sweep(path, results)
     assert proc.returncode == 1
-    assert "1 trial(s) failed" in proc.stderr and "broken" in proc.stderr and "num_classes" in proc.stderr
+    assert "1 trial(s) failed" in proc.stderr and "broken" in proc.stderr and "batch_size=128" in proc.stderr
     table = pd.read_csv(results / "failing" / "table.csv").set_index("variant")
     assert table.loc["ok", "runs"] == "1/1" and table.loc["ok", "top1"] >= 0
     assert table.loc["broken", "runs"] == "0/1"
+
+
+def _start(path: Path, results: Path, log: Path) -> subprocess.Popen:
+    """A driver in its own session, as a terminal would run it; output goes to ``log``."""
+    out = log.open("w")
+    return subprocess.Popen([sys.executable, "-m", "harness.sweep", str(path), "--results-dir", str(results)],
+                            cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait_for(proc: subprocess.Popen, log: Path, needle: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while needle not in log.read_text():
+        assert proc.poll() is None, f"the driver ended (rc {proc.returncode}) before {needle!r}:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, f"no {needle!r} after {timeout} s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+def _statuses(client: MlflowClient, name: str) -> dict[str, list[str]]:
+    exp = client.get_experiment_by_name(name)
+    out: dict[str, list[str]] = {}
+    for run in client.search_runs([exp.experiment_id]):
+        out.setdefault(run.data.tags["kind"], []).append(run.info.status)
+    return out
+
+
+@pytest.mark.timeout(900)
+def test_two_drivers_ctrl_c_and_a_dead_driver(tmp_path):
+    """Two drivers started at once on one results dir: one runs, the other exits 2 naming it.
+    Ctrl-C mid-epoch exits 130 and says how to resume; a SIGKILLed driver's RUNNING runs are
+    closed by the next driver, which finishes the sweep."""
+    variants = [{"name": "TSM", "set": {"model.module": "tsm"}}, {"name": "GSF"}]
+    path, results = _spec(tmp_path, variants, "ctrlc"), tmp_path / "results dir"  # a space is fine
+    spec = yaml.safe_load(path.read_text())
+    spec["seeds"] = [0]
+    spec["base"]["train"]["epochs"] = 4
+    spec["base"]["data"]["train_size"] = 128
+    path.write_text(yaml.safe_dump(spec))
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    drivers = [_start(path, results, log) for log in logs]
+    deadline = time.time() + 300
+    while all(d.poll() is None for d in drivers):
+        assert time.time() < deadline, [log.read_text()[-2000:] for log in logs]
+        time.sleep(0.2)
+    loser = next(i for i, d in enumerate(drivers) if d.poll() is not None)
+    first, log = drivers[1 - loser], logs[1 - loser]
+    lines = [line for line in logs[loser].read_text().splitlines() if line.strip()]
+    assert drivers[loser].returncode == 2 and len(lines) == 1, lines
+    assert f"pid {first.pid} on " in lines[0] and "sweep.lock" in lines[0], lines
+
+    _wait_for(first, log, ": epoch 1 ")
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in a terminal signals the whole process group
+    t0 = time.time()
+    assert first.wait(timeout=120) == 130, log.read_text()[-3000:]
+    assert time.time() - t0 < 60
+    text = log.read_text()
+    assert "interrupted: 0 of the 2 trial(s) to run finished, 2 did not:" in text, text[-3000:]
+    assert "  - TSM seed=0" in text and "  - GSF seed=0" in text
+    assert "resume with the same command (python -m harness.sweep" in text and "Traceback" not in text
+    runs = _statuses(client, "ctrlc")
+    assert runs["sweep"] == ["KILLED"] and sorted(runs["trial"]) == ["KILLED", "KILLED"], runs
+
+    log = tmp_path / "killed.log"
+    killed = _start(path, results, log)
+    _wait_for(killed, log, ": epoch ")
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert "RUNNING" in _statuses(client, "ctrlc")["sweep"], "the dead driver left its runs RUNNING"
+
+    last = _sweep(path, results)
+    assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
+    assert "left RUNNING by an earlier driver of this results dir as KILLED" in last.stdout
+    assert "0 already finished, 2 to run" in last.stdout
+    runs = _statuses(client, "ctrlc")
+    assert "RUNNING" not in runs["sweep"] + runs["trial"], runs
+    assert runs["trial"].count("FINISHED") == 2
+    table = pd.read_csv(results / "ctrlc" / "table.csv")
+    assert (table["runs"] == "1/1").all() and table["top1"].notna().all()
+
+
+@pytest.mark.timeout(300)
+def test_gpu_request_on_a_machine_without_one_exits_2(tmp_path):
+    path, results = _spec(tmp_path, [{"name": "TSM", "set": {"model.module": "tsm"}}], "nogpu"), tmp_path / "r"
+    t0 = time.time()
+    proc = _sweep(path, results, "--gpus-per-trial", "1", "--cpus-per-trial", "1")
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "INFO" not in line]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert lines == [lines[-1]] and "--gpus-per-trial 1: no node of the Ray cluster has that much" in lines[0], lines
+    assert time.time() - t0 < 120
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    assert client.get_experiment_by_name("nogpu") is None, "no parent run for a sweep that could not start"
