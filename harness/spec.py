@@ -338,8 +338,8 @@ def _pydantic_message(path: Path, prefix: str, err: ValidationError, root: type[
     if e["type"] == "extra_forbidden":
         allowed = _allowed_keys(root, e["loc"][:-1])
         msg = "unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
-    elif "input" in e and not isinstance(e["input"], (dict, list)):
-        msg = f"{msg} (got {e['input']!r})"
+    elif "input" in e and not isinstance(e["input"], (dict, list)) and e["type"] != "value_error":
+        msg = f"{msg} (got {e['input']!r})"  # a value_error's own message names the value
     return f"{path}: {key}: {msg}"
 
 
@@ -397,7 +397,7 @@ def load_spec(path: str | Path, profile: str | None = None) -> Spec:
     """Read, validate and expand ``path``; ``profile`` defaults to ``smoke`` when the spec has one."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"{path}: spec file not found")
+        raise SpecError(f"{path}: {'a folder, not a spec file' if path.is_dir() else 'spec file not found'}")
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a spec is a mapping with keys {', '.join(SpecFile.model_fields)}")
@@ -502,8 +502,9 @@ def _check_paper_rows(path: Path, table: str | None, variants: list[Variant]) ->
             raise SpecError(f"{path}: grid.variants[{i}] ({v.name}).paper_row: needs a paper_table to look the row up in")
         return None
     file = PAPER_DIR / table
-    if not file.is_file():
-        raise SpecError(f"{path}: paper_table: {table!r} not found in {PAPER_DIR}")
+    if Path(table).name != table or not file.is_file():
+        available = ", ".join(sorted(p.name for p in PAPER_DIR.glob("*.csv")))
+        raise SpecError(f"{path}: paper_table: {table!r} not found in {PAPER_DIR}; available: {available}")
     try:
         with file.open(newline="") as f:
             columns = next(csv.reader(f), [])
