@@ -45,6 +45,14 @@ def _grad_needed(x: torch.Tensor, module: nn.Module) -> bool:
 _WORKSPACE = threading.local()
 
 
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast runs a GEMM of ``x`` in (x's own dtype when autocast is off; fp64 is never cast)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
 def _workspace(slot: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """A scratch tensor of ``shape`` that stays allocated between calls (per thread, slot, device
     and dtype, grown to the largest size asked for). Only for temporaries of the no-autograd path
@@ -289,8 +297,11 @@ class GSF(nn.Module):
         """
         nt, p, h, w = xp.shape
         z, weight, const = self._gate_input(xp, scratch)
-        rows = self._gate_rows(weight, nt)
-        z = z.reshape(nt * 2, p // 2, h * w)
+        # The GEMM in the dtype autocast would give it: bmm is autocast-eligible, but not when
+        # called with out=, where fp32 weights would meet fp16/bf16 activations.
+        dtype = _autocast_dtype(z)
+        rows = self._gate_rows(weight, nt).to(dtype)
+        z = z.reshape(nt * 2, p // 2, h * w).to(dtype)
         cols = torch.bmm(rows, z, out=_workspace("cols", (nt * 2, 27, h * w), z) if scratch else None)
         cols = cols.view(n, t, 2, 3, 9, h, w)
         bias = self.gate_bias.view(2, 1, 1)

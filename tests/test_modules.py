@@ -176,6 +176,22 @@ def test_autocast_low_precision(train):
         assert p.grad.dtype == torch.float32 and rel(p.grad, q.grad) < 0.05, name
 
 
+@pytest.mark.parametrize("shift_ratio", [0.5, 1.0])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16-input", "fp32-input"])
+def test_autocast_without_autograd(dtype, train, shift_ratio):
+    """Evaluation under autocast (every validation pass and Table 12 latency on a GPU): the
+    no-autograd path runs its GEMM in the autocast dtype and stays near fp32."""
+    m = make_gsf(32, 4, shift_ratio, train=train, bn_scale="positive").float()
+    x = torch.randn(8, 32, 6, 6)
+    with torch.no_grad():
+        ref = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x.to(dtype))
+    assert y.dtype == dtype
+    assert ((y.float() - ref).norm() / ref.norm()).item() < 0.02
+
+
 def test_parameter_count():
     for c in (64, 256, 1000):
         for ratio in (0.25, 1.0):
