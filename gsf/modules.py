@@ -216,8 +216,10 @@ class GSF(nn.Module):
             # BatchNorm over (N, T, H, W) per channel: the statistics of the release's
             # BatchNorm3d on (N, C, T, H, W), computed in the frame layout without a permute.
             self.gate_norm = nn.BatchNorm2d(self.processed)
-            # Two 1 x C/2 x 3 x 3 x 3 kernels (W_g1, W_g2), stored in Conv3d layout.
-            self.gate_weight = nn.Parameter(torch.empty(2, half, 3, 3, 3))
+            # Two 1 x C/2 x 3 x 3 x 3 kernels (W_g1, W_g2) with the 27 taps (kt, kh, kw) flattened:
+            # (2, C/2, 27). A 5-D parameter breaks model.to(memory_format=torch.channels_last),
+            # which converts every 4-D and 5-D tensor; a Conv3d-layout (5-D) one still loads.
+            self.gate_weight = nn.Parameter(torch.empty(2, half, 27))
             self.gate_bias = nn.Parameter(torch.zeros(2))
             # PyTorch's default conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
             bound = 1.0 / math.sqrt(half * 27)
@@ -229,6 +231,12 @@ class GSF(nn.Module):
             # W_f1, W_f2: 1 x 2 x 3 x 3 over (channel, time) of the pooled [shifted; residual].
             self.fuse1 = nn.Conv2d(2, 1, 3, padding=1)
             self.fuse2 = nn.Conv2d(2, 1, 3, padding=1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "gate_weight"
+        if key in state_dict and state_dict[key].dim() == 5:  # Conv3d layout (2, C/2, 3, 3, 3)
+            state_dict[key] = state_dict[key].flatten(2)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, processed={self.processed}, num_frames={self.num_frames}, "
@@ -256,7 +264,7 @@ class GSF(nn.Module):
         differentiating the fold (whose gradient would be wrong for a BN scale of exactly 0).
         ``scratch``: z may go into the workspace (nothing keeps it past this call).
         """
-        weight = self.gate_weight  # (2, C/2, kt, kh, kw)
+        weight = self.gate_weight  # (2, C/2, 27)
         bn = self.gate_norm
         # Folding pays where BatchNorm is slow: on a channel slice of a larger tensor (shift_ratio
         # < 1) it runs at about half speed; and its one pass can write into the workspace. With
@@ -279,13 +287,13 @@ class GSF(nn.Module):
             torch.clamp(xp, lo.view(p, 1, 1), hi.view(p, 1, 1), out=z)
             shift = torch.where(scale == 0, shift.clamp_min(0), shift)
         # relu(s*x + b) = s*z + b with z above, so W * relu(BN(x)) = (W*s) * z + (W * b).
-        const = (weight * shift.view(2, half, 1, 1, 1)).sum(1)  # (2, kt, kh, kw)
-        return z, weight * scale.view(2, half, 1, 1, 1), const
+        const = (weight * shift.view(2, half, 1)).sum(1).view(2, 3, 3, 3)  # (2, kt, kh, kw)
+        return z, weight * scale.view(2, half, 1), const
 
     def _gate_rows(self, weight: torch.Tensor, nt: int) -> torch.Tensor:
-        """(2, C/2, kt, kh, kw) -> (N*T*2, 27, C/2): the 27 taps as GEMM rows, per frame and group."""
+        """(2, C/2, 27) -> (N*T*2, 27, C/2): the 27 taps as GEMM rows, per frame and group."""
         half = weight.shape[1]
-        return weight.permute(0, 2, 3, 4, 1).reshape(1, 2, 27, half).expand(nt, 2, 27, half).reshape(nt * 2, 27, half)
+        return weight.transpose(1, 2).expand(nt, 2, 27, half).reshape(nt * 2, 27, half)
 
     def _gate_cols(self, xp: torch.Tensor, n: int, t: int, scratch: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-tap planes of the 3x3x3 gate conv of relu(BN(X)): (N, T, 2, kt, 9, H, W).
@@ -476,8 +484,8 @@ class GSF(nn.Module):
         # dtype (fp16/bf16 under autocast), the weight gradient returned in the weight's.
         zb = z.detach().reshape(nt * 2, p // 2, h * w).to(grad_cols.dtype)
         rows = self._gate_rows(self.gate_weight, nt).to(grad_cols.dtype)
-        grad_rows = torch.bmm(grad_cols, zb.transpose(1, 2)).view(nt, 2, 3, 3, 3, p // 2).sum(0)
-        grads["gate_weight"] = grad_rows.permute(0, 4, 1, 2, 3).to(self.gate_weight.dtype)
+        grad_rows = torch.bmm(grad_cols, zb.transpose(1, 2)).view(nt, 2, 27, p // 2).sum(0)
+        grads["gate_weight"] = grad_rows.transpose(1, 2).to(self.gate_weight.dtype)
         grad_z = torch.bmm(rows.transpose(1, 2), grad_cols).view(nt, p, h, w)
         norm_params = {k: v for k, v in (("gate_norm.weight", bn.weight), ("gate_norm.bias", bn.bias))
                        if v.requires_grad}

@@ -53,7 +53,8 @@ def gsf_reference(module, x: torch.Tensor, running_stats: dict | None = None) ->
         if running_stats is not None:
             running_stats["mean"], running_stats["var"] = mean, var
         u1, u2 = u[:, :half], u[:, half:]
-        wg1, wg2 = module.gate_weight[0:1], module.gate_weight[1:2]  # (1, C/2, 3, 3, 3) each
+        weight = module.gate_weight.view(2, half, 3, 3, 3)  # taps (kt, kh, kw) flattened in the module
+        wg1, wg2 = weight[0:1], weight[1:2]  # (1, C/2, 3, 3, 3) each
         bg1, bg2 = module.gate_bias[0:1], module.gate_bias[1:2]
         gate1 = torch.tanh(F.conv3d(u1, wg1, bg1, padding=1))  # (N, 1, T, H, W)
         gate2 = torch.tanh(F.conv3d(u2, wg2, bg2, padding=1))

@@ -192,6 +192,28 @@ def test_autocast_without_autograd(dtype, train, shift_ratio):
     assert ((y.float() - ref).norm() / ref.norm()).item() < 0.02
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_channels_last_conversion(train):
+    """model.to(memory_format=torch.channels_last) converts every 4-D/5-D tensor: the module
+    must survive it and give the same output on channels_last input."""
+    m = make_gsf(16, 4, 0.5, train=train)
+    x = clip(c=16)
+    ref = m(x)
+    m.to(memory_format=torch.channels_last)
+    out = m(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, **TOL)
+
+
+def test_conv3d_layout_gate_weight_loads():
+    """A state dict with the gate kernels in Conv3d layout (2, C/2, 3, 3, 3) loads unchanged."""
+    m = make_gsf(16, 4, 0.5)
+    state = m.state_dict()
+    state["gate_weight"] = state["gate_weight"].view(2, 4, 3, 3, 3)
+    other = make_gsf(16, 4, 0.5, seed=1)
+    other.load_state_dict(state)
+    assert torch.equal(other.gate_weight, m.gate_weight)
+
+
 def test_parameter_count():
     for c in (64, 256, 1000):
         for ratio in (0.25, 1.0):
