@@ -20,10 +20,10 @@ from .modules import GSF, SpatioTemporalShift, TemporalShift
 # shift_ratio, gating, fusion and channel_shuffle, plus the spec's ``module_options``;
 # a factory takes what it needs.
 TEMPORAL_MODULES: dict[str, Callable[..., nn.Module] | None] = {
-    "gsf": lambda c, t, shift_ratio, gating, fusion, channel_shuffle, **_: GSF(
-        c, t, shift_ratio, gating, fusion, channel_shuffle),
-    "gsm": lambda c, t, shift_ratio, gating, channel_shuffle, **_: GSF(
-        c, t, shift_ratio, gating, "sum", channel_shuffle),
+    "gsf": lambda c, t, shift_ratio, gating, fusion, channel_shuffle, impl="auto", **_: GSF(
+        c, t, shift_ratio, gating, fusion, channel_shuffle, impl=impl),
+    "gsm": lambda c, t, shift_ratio, gating, channel_shuffle, impl="auto", **_: GSF(
+        c, t, shift_ratio, gating, "sum", channel_shuffle, impl=impl),
     "tsm": lambda c, t, fold_div=8, **_: TemporalShift(c, t, fold_div),
     "stsm": lambda c, t, temporal_fold_div=8, spatial_fold_div=16, **_: SpatioTemporalShift(
         c, t, temporal_fold_div, spatial_fold_div),

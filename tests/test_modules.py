@@ -1,14 +1,13 @@
-"""The temporal modules: GSF against the literal equations (tests/gsf_reference.py), its
-properties, and the parameter-free shifts (TSM, STSM).
+"""The temporal modules: GSF's fast implementation against its readable one (equations (1)-(10)),
+the properties both must have, and the parameter-free shifts (TSM, STSM).
 
 hypothesis is not installed in this environment, so the grids are plain parametrize.
 Everything runs in float64 so "equal to the reference" can be checked tightly.
 """
 from __future__ import annotations
 
+import copy
 import itertools
-import os
-import sys
 
 import pytest
 import torch
@@ -16,11 +15,9 @@ import torch.nn.functional as F
 
 from gsf.modules import GSF, SpatioTemporalShift, TemporalShift, processed_channels
 
-sys.path.insert(0, os.path.dirname(__file__))
-from gsf_reference import gsf_reference  # noqa: E402
-
 DT = torch.float64
 TOL = dict(rtol=1e-9, atol=1e-11)
+IMPLS = ["reference", "fast"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,10 +30,10 @@ def one_thread():
 
 
 def make_gsf(channels=12, num_frames=4, shift_ratio=1.0, gating="learned", fusion="learned",
-             channel_shuffle=False, train=True, seed=0, bn_scale="mixed"):
+             channel_shuffle=False, train=True, seed=0, bn_scale="mixed", impl="fast", inplace=False):
     """A GSF in float64 with every parameter and BN statistic randomised (not the zero/one init)."""
     torch.manual_seed(seed)
-    m = GSF(channels, num_frames, shift_ratio, gating, fusion, channel_shuffle).to(DT)
+    m = GSF(channels, num_frames, shift_ratio, gating, fusion, channel_shuffle, inplace, impl).to(DT)
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.5)
@@ -52,6 +49,13 @@ def make_gsf(channels=12, num_frames=4, shift_ratio=1.0, gating="learned", fusio
     return m.train(train)
 
 
+def reference_of(m: GSF) -> GSF:
+    """The same module (weights, statistics, mode) running the readable implementation."""
+    ref = copy.deepcopy(m)
+    ref.impl = "reference"
+    return ref
+
+
 def clip(n=2, t=4, c=12, h=5, w=6, seed=1):
     torch.manual_seed(seed)
     return torch.randn(n * t, c, h, w, dtype=DT)
@@ -64,8 +68,16 @@ def grads_of(fn, module, x, grad_out):
     return out, torch.autograd.grad(out, params, grad_out)
 
 
+def assert_same_module_state(a: GSF, b: GSF):
+    """Parameters and buffers (BatchNorm running statistics, batch counter) equal."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], **TOL, msg=k)
+
+
 # --------------------------------------------------------------------------------------------
-# Equivalence with the reference
+# The fast implementation against the readable one
 # --------------------------------------------------------------------------------------------
 
 CONFIGS = [
@@ -74,42 +86,41 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("inplace", [False, True], ids=["", "inplace"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("channel_shuffle", [False, True], ids=["concat", "shuffle"])
-@pytest.mark.parametrize("shift_ratio", [0.25, 1.0])
+@pytest.mark.parametrize("shift_ratio", [0.25, 0.5, 1.0])
 @pytest.mark.parametrize("gating,fusion", CONFIGS)
-def test_outputs_and_gradients_match_reference(gating, fusion, shift_ratio, channel_shuffle, train):
-    m = make_gsf(16, 4, shift_ratio, gating, fusion, channel_shuffle, train)
+def test_fast_matches_reference(gating, fusion, shift_ratio, channel_shuffle, train, inplace):
+    """Outputs, input and parameter gradients, and BatchNorm running statistics, with autograd
+    (the hand-written backward) and without (inference_mode: the workspace path, folded BN)."""
+    fast = make_gsf(16, 4, shift_ratio, gating, fusion, channel_shuffle, train, inplace=inplace)
+    ref = reference_of(fast)
     x = clip(c=16)
     grad_out = torch.randn_like(x)
-    stats_before = {k: v.clone() for k, v in m.state_dict().items() if "running" in k}
-    ref_stats = {}
-    ref, ref_grads = grads_of(lambda v: gsf_reference(m, v, ref_stats), m, x, grad_out)
-    out, got_grads = grads_of(m, m, x, grad_out)
-    torch.testing.assert_close(out, ref, **TOL)
-    for name, a, b in zip(["x"] + [k for k, _ in m.named_parameters()], got_grads, ref_grads):
+    out_ref, grads_ref = grads_of(ref, ref, x, grad_out)
+    out, grads = grads_of(fast, fast, x, grad_out)
+    torch.testing.assert_close(out, out_ref, **TOL)
+    for name, a, b in zip(["x"] + [k for k, _ in fast.named_parameters()], grads, grads_ref):
         torch.testing.assert_close(a, b, **TOL, msg=f"gradient of {name}")
-    if gating == "learned":
-        bn = m.gate_norm
-        if train:  # one update of the running statistics, the same as BatchNorm3d's
-            torch.testing.assert_close(bn.running_mean, ref_stats["mean"], **TOL)
-            torch.testing.assert_close(bn.running_var, ref_stats["var"], **TOL)
-        else:
-            assert torch.equal(bn.running_mean, stats_before["gate_norm.running_mean"])
+    assert_same_module_state(fast, ref)  # one update of the running statistics in train mode
+    with torch.inference_mode():
+        out_ref, out = ref(x.clone()), fast(x.clone())
+    torch.testing.assert_close(out, out_ref, **TOL)
+    assert_same_module_state(fast, ref)
 
 
 @pytest.mark.parametrize("bn_scale", ["positive", "mixed"])
-@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shift_ratio,channel_shuffle", [(0.25, False), (1.0, True)])
-def test_inference_path_matches_reference(shift_ratio, channel_shuffle, train, bn_scale):
-    """Without autograd (inference_mode / no_grad) a different code path runs; eval mode folds
-    BatchNorm + ReLU into the gate GEMM, with a special case for positive BN scales."""
-    m = make_gsf(16, 4, shift_ratio, channel_shuffle=channel_shuffle, train=train, bn_scale=bn_scale)
+def test_folded_batchnorm_matches_reference(shift_ratio, channel_shuffle, bn_scale):
+    """Eval mode without autograd folds BatchNorm + ReLU into the gate GEMM, with a special case
+    for positive BN scales (the usual one) and a general one for negative and zero scales."""
+    fast = make_gsf(16, 4, shift_ratio, channel_shuffle=channel_shuffle, train=False, bn_scale=bn_scale)
     x = clip(c=16)
     with torch.no_grad():
-        ref = gsf_reference(m, x)
+        ref = reference_of(fast)(x)
     with torch.inference_mode():
-        out = m(x)
+        out = fast(x)
     torch.testing.assert_close(out, ref, **TOL)
 
 
@@ -117,51 +128,55 @@ def test_inference_path_matches_reference(shift_ratio, channel_shuffle, train, b
 @pytest.mark.parametrize("grad", [True, False])
 def test_odd_sizes_match_reference(n, t, h, w, grad):
     """One frame (everything shifts out), 1x1 maps (every spatial tap but the centre is padding)."""
-    m = make_gsf(6, t, 1.0, train=False)
+    fast = make_gsf(6, t, 1.0, train=False)
+    ref = reference_of(fast)
     x = clip(n, t, 6, h, w)
     if grad:
         grad_out = torch.randn_like(x)
-        ref, ref_grads = grads_of(lambda v: gsf_reference(m, v), m, x, grad_out)
-        out, got_grads = grads_of(m, m, x, grad_out)
+        expected, ref_grads = grads_of(ref, ref, x, grad_out)
+        out, got_grads = grads_of(fast, fast, x, grad_out)
         for a, b in zip(got_grads, ref_grads):
             torch.testing.assert_close(a, b, **TOL)
     else:
         with torch.no_grad():
-            ref, out = gsf_reference(m, x), m(x)
-    torch.testing.assert_close(out, ref, **TOL)
+            expected, out = ref(x), fast(x)
+    torch.testing.assert_close(out, expected, **TOL)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_gradcheck_small(train):
-    """Finite differences, independent of the reference."""
-    m = make_gsf(4, 3, 0.5, channel_shuffle=True, train=train)
+def test_gradcheck_small(train, impl):
+    """Finite differences: each implementation on its own."""
+    m = make_gsf(4, 3, 0.5, channel_shuffle=True, train=train, impl=impl)
     x = clip(2, 3, 4, 3, 2).requires_grad_()
     assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-def test_traced_module_matches_reference_and_fvcore_counts_the_gate_conv():
+@pytest.mark.parametrize("impl", ["auto"] + IMPLS)
+def test_traced_module_matches_and_fvcore_counts_the_gate_conv(impl):
     """fvcore traces the module: the trace must compute GSF and count 27*C*T*H*W for the gate conv,
-    2*C*T*H*W for its BatchNorm (eval) and 18*C*T for the fusion convs (C = processed channels)."""
+    2*C*T*H*W for its BatchNorm (eval) and 18*C*T for the fusion convs (C = processed channels),
+    whichever implementation is traced ("auto" traces the readable one)."""
     n, t, c, h, w = 1, 4, 16, 5, 6
-    m = make_gsf(c, t, 0.5, train=False)
+    m = make_gsf(c, t, 0.5, train=False, impl=impl)
     x = clip(n, t, c, h, w)
     traced = torch.jit.trace(m, x, check_trace=False)
     with torch.no_grad():
-        torch.testing.assert_close(traced(x), gsf_reference(m, x), **TOL)
+        torch.testing.assert_close(traced(x), reference_of(m)(x), **TOL)
     fvcore = pytest.importorskip("fvcore.nn")
     analysis = fvcore.FlopCountAnalysis(m, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     p = m.processed
     assert analysis.total() == 27 * p * t * h * w + 2 * p * t * h * w + 18 * p * t * n
+    assert ("bmm" in str(traced.graph)) == (impl == "fast")  # the fast GEMM, or the readable conv3d
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_autocast_low_precision(train):
+def test_autocast_low_precision(train, impl):
     """Under autocast (bf16 on CPU here; fp16 on CUDA takes the same code) activations arrive in
     low precision: forward and backward run, parameter gradients stay fp32 and near fp32's."""
-    import copy
-
-    m = make_gsf(32, 4, 0.5, train=train).float()
+    m = make_gsf(32, 4, 0.5, train=train, impl=impl).float()
     ref = copy.deepcopy(m)
     x = torch.randn(8, 32, 6, 6)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -176,29 +191,31 @@ def test_autocast_low_precision(train):
         assert p.grad.dtype == torch.float32 and rel(p.grad, q.grad) < 0.05, name
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("shift_ratio", [0.5, 1.0])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16-input", "fp32-input"])
-def test_autocast_without_autograd(dtype, train, shift_ratio):
+def test_autocast_without_autograd(dtype, train, shift_ratio, impl):
     """Evaluation under autocast (every validation pass and Table 12 latency on a GPU): the
     no-autograd path runs its GEMM in the autocast dtype and stays near fp32."""
-    m = make_gsf(32, 4, shift_ratio, train=train, bn_scale="positive").float()
+    m = make_gsf(32, 4, shift_ratio, train=train, bn_scale="positive", impl=impl).float()
     x = torch.randn(8, 32, 6, 6)
     with torch.no_grad():
-        ref = m(x)
+        ref = copy.deepcopy(m)(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = m(x.to(dtype))
-    assert y.dtype == dtype
+    assert y.dtype in (dtype, torch.bfloat16)
     assert ((y.float() - ref).norm() / ref.norm()).item() < 0.02
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_channels_last_conversion(train):
+def test_channels_last_conversion(train, impl):
     """model.to(memory_format=torch.channels_last) converts every 4-D/5-D tensor: the module
     must survive it and give the same output on channels_last input."""
-    m = make_gsf(16, 4, 0.5, train=train)
+    m = make_gsf(16, 4, 0.5, train=train, impl=impl)
     x = clip(c=16)
-    ref = m(x)
+    ref = copy.deepcopy(m)(x)
     m.to(memory_format=torch.channels_last)
     out = m(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(out, ref, **TOL)
@@ -214,47 +231,102 @@ def test_conv3d_layout_gate_weight_loads():
     assert torch.equal(other.gate_weight, m.gate_weight)
 
 
-def test_parameter_count():
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_gate_probe_sees_the_gate_planes(train, impl):
+    """A forward hook on ``gate_probe`` receives the tanh gate planes (N, T, 2, H, W), the same
+    from both implementations, with or without autograd."""
+    m = make_gsf(16, 4, 0.5, train=train, impl=impl)
+    x = clip(c=16)
+    expected = reference_of(m)._gates(x[:, :m.processed]).detach()
+    seen = []
+    handle = m.gate_probe.register_forward_hook(lambda mod, args, out: seen.append(out.detach().clone()))
+    m(x.requires_grad_()).sum().backward()
+    with torch.no_grad():
+        m(x)
+    assert len(seen) == 2 and seen[0].shape == (2, 4, 2, 5, 6)
+    for gate in seen:
+        torch.testing.assert_close(gate, expected, **TOL)
+        assert gate.abs().max() < 1
+    handle.remove()
+    m(x)
+    assert len(seen) == 2
+    assert not hasattr(make_gsf(16, 4, gating=1), "gate_probe")  # a fixed gate has no planes
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_parameter_count_and_state_dict_keys(impl):
     for c in (64, 256, 1000):
         for ratio in (0.25, 1.0):
             p = processed_channels(c, ratio)
-            assert sum(q.numel() for q in GSF(c, 8, ratio).parameters()) == 29 * p + 40
-            assert sum(q.numel() for q in GSF(c, 8, ratio, fusion="sum").parameters()) == 29 * p + 2
-            assert sum(q.numel() for q in GSF(c, 8, ratio, gating=1, fusion="sum").parameters()) == 0
+            assert sum(q.numel() for q in GSF(c, 8, ratio, impl=impl).parameters()) == 29 * p + 40
+            assert sum(q.numel() for q in GSF(c, 8, ratio, fusion="sum", impl=impl).parameters()) == 29 * p + 2
+            assert sum(q.numel() for q in GSF(c, 8, ratio, gating=1, fusion="sum", impl=impl).parameters()) == 0
+    assert {k: tuple(v.shape) for k, v in GSF(16, 8, impl=impl).state_dict().items()} == {
+        "gate_weight": (2, 8, 27), "gate_bias": (2,), "gate_norm.weight": (16,), "gate_norm.bias": (16,),
+        "gate_norm.running_mean": (16,), "gate_norm.running_var": (16,), "gate_norm.num_batches_tracked": (),
+        "fuse1.weight": (1, 2, 3, 3), "fuse1.bias": (1,), "fuse2.weight": (1, 2, 3, 3), "fuse2.bias": (1,)}
 
 
 def test_frozen_parameters():
     """Some parameters frozen (e.g. fine-tuning): the others still get the reference's gradients."""
     m = make_gsf(12, 4, 0.5)
-    for p in list(m.gate_norm.parameters()) + list(m.fuse1.parameters()):
-        p.requires_grad_(False)
+    ref = reference_of(m)
+    for module in (m, ref):
+        for p in list(module.gate_norm.parameters()) + list(module.fuse1.parameters()):
+            p.requires_grad_(False)
     x = clip()
     grad_out = torch.randn_like(x)
-    trainable = [x.requires_grad_()] + [p for p in m.parameters() if p.requires_grad]
-    ref = torch.autograd.grad(gsf_reference(m, x), trainable, grad_out)
-    got = torch.autograd.grad(m(x), trainable, grad_out)
-    for a, b in zip(got, ref):
+    trainable = lambda module: [x] + [p for p in module.parameters() if p.requires_grad]  # noqa: E731
+    x.requires_grad_()
+    expected = torch.autograd.grad(ref(x), trainable(ref), grad_out)
+    got = torch.autograd.grad(m(x), trainable(m), grad_out)
+    for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, **TOL)
 
 
+def test_auto_takes_the_readable_path_under_compile_and_transforms(monkeypatch):
+    """impl="auto" runs the fast path in eager CPU code only: under torch.compile (here Dynamo
+    with the eager backend, no inductor), torch.func transforms and forward-mode AD it must run
+    the readable one, which supports them."""
+    import gsf.modules._gsf_fast as fast_impl
+
+    calls = []
+    real = fast_impl.forward
+    monkeypatch.setattr(fast_impl, "forward", lambda m, x: calls.append(1) or real(m, x))
+    m = make_gsf(8, 2, 1.0, impl="auto", train=False)
+    x = clip(1, 2, 8, 3, 3)
+    expected = reference_of(m)(x)
+    torch.testing.assert_close(m(x), expected, **TOL)
+    assert calls == [1]
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(m, backend="eager")(x), expected, **TOL)
+    torch.func.jacrev(m)(x)
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, torch.randn_like(x))
+        torch.autograd.forward_ad.unpack_dual(m(dual))
+    assert calls == [1]
+    torch._dynamo.reset()
 # --------------------------------------------------------------------------------------------
 # Properties
 # --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("grad", [True, False])
-def test_gating_zero_with_sum_is_identity(grad):
-    m = make_gsf(12, 4, 0.5, gating=0, fusion="sum")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gating_zero_with_sum_is_identity(grad, impl):
+    m = make_gsf(12, 4, 0.5, gating=0, fusion="sum", impl=impl)
     x = clip().requires_grad_(grad)
     with torch.set_grad_enabled(grad):
         assert torch.equal(m(x), x)
 
 
 @pytest.mark.parametrize("grad", [True, False])
-def test_gating_one_with_sum_is_a_pure_shift(grad):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gating_one_with_sum_is_a_pure_shift(grad, impl):
     """Group 1 forward (frame t gets t-1), group 2 backward (t gets t+1), zeros at the clip ends."""
     n, t, c = 2, 4, 12
-    m = make_gsf(c, t, 0.5, gating=1, fusion="sum")
+    m = make_gsf(c, t, 0.5, gating=1, fusion="sum", impl=impl)
     p, half = m.processed, m.processed // 2
     x = clip(n, t, c).requires_grad_(grad)
     with torch.set_grad_enabled(grad):
@@ -268,8 +340,9 @@ def test_gating_one_with_sum_is_a_pure_shift(grad):
 
 @pytest.mark.parametrize("gating,fusion", CONFIGS)
 @pytest.mark.parametrize("shift_ratio", [0.25, 0.5])
-def test_channels_beyond_shift_ratio_pass_through(gating, fusion, shift_ratio):
-    m = make_gsf(16, 4, shift_ratio, gating, fusion, channel_shuffle=True)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_channels_beyond_shift_ratio_pass_through(gating, fusion, shift_ratio, impl):
+    m = make_gsf(16, 4, shift_ratio, gating, fusion, channel_shuffle=True, impl=impl)
     x = clip(c=16)
     p = m.processed
     assert p < 16
@@ -279,10 +352,11 @@ def test_channels_beyond_shift_ratio_pass_through(gating, fusion, shift_ratio):
 
 
 @pytest.mark.parametrize("gating,fusion", CONFIGS)
-def test_clips_never_mix(gating, fusion):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_clips_never_mix(gating, fusion, impl):
     """Eval mode: in train mode BatchNorm's batch statistics do (by design) span the batch."""
     n, t = 3, 4
-    m = make_gsf(12, t, 1.0, gating, fusion, train=False)
+    m = make_gsf(12, t, 1.0, gating, fusion, train=False, impl=impl)
     x = clip(n, t)
     y = x.clone()
     y[:t] += torch.randn_like(y[:t])  # perturb every frame of clip 0
@@ -293,8 +367,9 @@ def test_clips_never_mix(gating, fusion):
 
 
 @pytest.mark.parametrize("gating,fusion", [("learned", "learned"), ("learned", "sum"), (-1, "learned")])
-def test_every_parameter_gets_a_gradient(gating, fusion):
-    m = make_gsf(12, 4, 0.5, gating, fusion)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_every_parameter_gets_a_gradient(gating, fusion, impl):
+    m = make_gsf(12, 4, 0.5, gating, fusion, impl=impl)
     x = clip().requires_grad_()
     m(x).pow(2).sum().backward()
     for name, p in m.named_parameters():
@@ -314,9 +389,10 @@ REACH = {("learned", "learned"): 3, ("learned", "sum"): 2, (1, "learned"): 2, (-
 
 
 @pytest.mark.parametrize("gating,fusion", list(REACH) + [(1, "sum")])
-def test_temporal_receptive_field(gating, fusion):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_temporal_receptive_field(gating, fusion, impl):
     t, s = 10, 4
-    m = make_gsf(12, t, 1.0, gating, fusion, train=False)
+    m = make_gsf(12, t, 1.0, gating, fusion, train=False, impl=impl)
     x = clip(1, t)
     y = x.clone()
     y[s] += torch.randn_like(y[s])
@@ -340,22 +416,25 @@ def test_processed_channels_even_and_follow_shift_ratio():
 
 
 @pytest.mark.parametrize("kwargs", [dict(shift_ratio=0), dict(shift_ratio=1.5), dict(shift_ratio=-0.25),
-                                    dict(gating="foo"), dict(fusion="foo"), dict(gating=None)])
+                                    dict(gating="foo"), dict(fusion="foo"), dict(gating=None),
+                                    dict(impl="cuda")])
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         GSF(16, 8, **kwargs)
 
 
-def test_bad_inputs_raise():
-    m = GSF(16, 8)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bad_inputs_raise(impl):
+    m = GSF(16, 8, impl=impl)
     with pytest.raises(ValueError):
         m(torch.randn(12, 16, 4, 4))  # not a multiple of num_frames
     with pytest.raises(ValueError):
         m(torch.randn(8, 15, 4, 4))  # wrong channel count
 
 
-def test_input_is_not_modified():
-    m = make_gsf(12, 4, 0.5)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_input_is_not_modified(impl):
+    m = make_gsf(12, 4, 0.5, impl=impl)
     x = clip()
     x0 = x.clone()
     m(x.requires_grad_()).sum().backward()
@@ -367,11 +446,10 @@ def test_input_is_not_modified():
 @pytest.mark.parametrize("shift_ratio,channel_shuffle", [(0.5, False), (1.0, False), (1.0, True)])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_inplace_writes_over_x_only_without_autograd(shift_ratio, channel_shuffle, train):
-    m = make_gsf(12, 4, shift_ratio, channel_shuffle=channel_shuffle, train=train)
-    m.inplace = True
+    m = make_gsf(12, 4, shift_ratio, channel_shuffle=channel_shuffle, train=train, inplace=True)
     x = clip()
     with torch.no_grad():
-        ref = gsf_reference(m, x)
+        ref = reference_of(m)(x)
     x0 = x.clone()
     out = m(x.requires_grad_())  # autograd: x is kept for backward, never overwritten
     assert torch.equal(x.detach(), x0)
@@ -397,7 +475,7 @@ def test_inference_workspace_is_shared_safely():
         big(xb)
         again = small(xs)
     with torch.no_grad():
-        ref = gsf_reference(small, xs)
+        ref = reference_of(small)(xs)
     assert torch.equal(first, kept)
     torch.testing.assert_close(first, ref, **TOL)
     torch.testing.assert_close(again, ref, **TOL)
@@ -408,12 +486,12 @@ def test_inference_workspace_is_shared_safely():
 def test_inplace_training_matches_reference(gating, fusion, shift_ratio):
     """With autograd, an inplace GSF writes over x straight from a BatchNorm when it processes at
     most half the channels (backward keeps a copy of those); outputs and gradients are unchanged."""
-    m = make_gsf(16, 4, shift_ratio, gating, fusion)
-    m.inplace = True
+    m = make_gsf(16, 4, shift_ratio, gating, fusion, inplace=True)
+    readable = reference_of(m)
     leaf = clip(c=16).requires_grad_()
     grad_out = torch.randn_like(leaf)
     bn = lambda v: F.batch_norm(v, None, None, training=True)  # noqa: E731  (as conv3's bn3)
-    ref, ref_grads = grads_of(lambda v: gsf_reference(m, bn(v)), m, leaf, grad_out)
+    ref, ref_grads = grads_of(lambda v: readable(bn(v)), readable, leaf, grad_out)
     x = bn(leaf)
     out = m(x)
     assert (out.data_ptr() == x.data_ptr()) == (shift_ratio <= 0.5)
@@ -472,6 +550,7 @@ def test_inception_branches_let_gsf_overwrite(backbone, size, width):
         torch.testing.assert_close(fast, net(x), rtol=1e-4, atol=1e-5)
 
 
+# --------------------------------------------------------------------------------------------
 # --------------------------------------------------------------------------------------------
 # TSM and STSM
 # --------------------------------------------------------------------------------------------

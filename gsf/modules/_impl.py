@@ -1,0 +1,28 @@
+"""Which implementation a temporal module runs: ``impl="auto" | "reference" | "fast"``."""
+from __future__ import annotations
+
+import torch
+from torch.autograd import forward_ad
+
+IMPLS = ("auto", "reference", "fast")
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
+    return impl
+
+
+def use_fast(impl: str, x: torch.Tensor) -> bool:
+    """Whether a module with ``impl`` runs its fast implementation on ``x``.
+
+    "auto" takes the fast one only where it was measured to pay and is known to work: eager
+    PyTorch on CPU. Not on CUDA (its tricks target CPU page faults and memory passes; unmeasured
+    on a GPU), not under torch.compile (inductor fuses the readable version itself), not under
+    jit tracing (fvcore; a trace must not keep the fast path's per-thread workspace), and not
+    under forward-mode AD or torch.func transforms, which its hand-written backward lacks.
+    """
+    if impl != "auto":
+        return impl == "fast"
+    return (x.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and forward_ad._current_level < 0 and torch._C._functorch.maybe_current_level() is None)
