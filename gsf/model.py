@@ -24,9 +24,9 @@ TEMPORAL_MODULES: dict[str, Callable[..., nn.Module] | None] = {
         c, t, shift_ratio, gating, fusion, channel_shuffle, impl=impl),
     "gsm": lambda c, t, shift_ratio, gating, channel_shuffle, impl="auto", **_: GSF(
         c, t, shift_ratio, gating, "sum", channel_shuffle, impl=impl),
-    "tsm": lambda c, t, fold_div=8, **_: TemporalShift(c, t, fold_div),
-    "stsm": lambda c, t, temporal_fold_div=8, spatial_fold_div=16, **_: SpatioTemporalShift(
-        c, t, temporal_fold_div, spatial_fold_div),
+    "tsm": lambda c, t, fold_div=8, impl="auto", **_: TemporalShift(c, t, fold_div, impl),
+    "stsm": lambda c, t, temporal_fold_div=8, spatial_fold_div=16, impl="auto", **_: SpatioTemporalShift(
+        c, t, temporal_fold_div, spatial_fold_div, impl),
     "none": None,
 }
 

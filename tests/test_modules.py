@@ -556,9 +556,10 @@ def test_inception_branches_let_gsf_overwrite(backbone, size, width):
 # --------------------------------------------------------------------------------------------
 
 
-def test_tsm_moves_its_folds_and_zero_pads():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_tsm_moves_its_folds_and_zero_pads(impl):
     n, t, c = 2, 4, 16
-    m = TemporalShift(c, t, fold_div=8)
+    m = TemporalShift(c, t, fold_div=8, impl=impl)
     f = c // 8
     x = clip(n, t, c)
     out = m(x).view(n, t, c, 5, 6)
@@ -571,9 +572,10 @@ def test_tsm_moves_its_folds_and_zero_pads():
     assert moved.float().mean() == 2 / 8
 
 
-def test_stsm_moves_its_folds_and_zero_pads():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_stsm_moves_its_folds_and_zero_pads(impl):
     n, t, c, h, w = 2, 3, 32, 5, 6
-    m = SpatioTemporalShift(c, t)
+    m = SpatioTemporalShift(c, t, impl=impl)
     tf, sf = c // 8, c // 16
     x = clip(n, t, c, h, w)
     out = m(x).view(n, t, c, h, w)
@@ -591,8 +593,31 @@ def test_stsm_moves_its_folds_and_zero_pads():
     assert moved.float().mean() == 0.5
 
 
-@pytest.mark.parametrize("module", [TemporalShift(16, 4), SpatioTemporalShift(32, 4)], ids=["tsm", "stsm"])
-def test_shifts_do_not_mix_clips_and_have_the_right_gradient(module):
+SHIFTS = {"tsm": lambda c, t, impl: TemporalShift(c, t, impl=impl),
+          "tsm-fold4": lambda c, t, impl: TemporalShift(c, t, fold_div=4, impl=impl),
+          "tsm-nothing-moves": lambda c, t, impl: TemporalShift(c, t, fold_div=64, impl=impl),
+          "stsm": lambda c, t, impl: SpatioTemporalShift(c, t, impl=impl),
+          "stsm-4-8": lambda c, t, impl: SpatioTemporalShift(c, t, 4, 8, impl=impl)}
+
+
+@pytest.mark.parametrize("n,t,h,w", [(2, 4, 5, 6), (1, 1, 3, 3), (2, 3, 1, 1)])
+@pytest.mark.parametrize("shift", list(SHIFTS))
+def test_shift_fast_matches_reference(shift, n, t, h, w):
+    """Outputs and input gradients, with and without autograd, contiguous and channels_last."""
+    ref, fast = (SHIFTS[shift](32, t, impl) for impl in IMPLS)
+    for x in (clip(n, t, 32, h, w), clip(n, t, 32, h, w).contiguous(memory_format=torch.channels_last)):
+        grad_out = torch.randn_like(x)
+        expected, expected_grad = grads_of(ref, ref, x, grad_out)
+        out, grad = grads_of(fast, fast, x, grad_out)
+        assert torch.equal(out, expected) and torch.equal(grad[0], expected_grad[0])
+        with torch.inference_mode():
+            assert torch.equal(fast(x), ref(x))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shift", ["tsm", "stsm"])
+def test_shifts_do_not_mix_clips_and_have_the_right_gradient(shift, impl):
+    module = SHIFTS[shift](32, 4, impl)
     c, t = module.channels, module.num_frames
     x = clip(3, t, c)
     y = x.clone()
@@ -606,6 +631,11 @@ def test_shifts_do_not_mix_clips_and_have_the_right_gradient(module):
         assert torch.equal(module(small), module(small.detach().requires_grad_()).detach())
 
 
-def test_stsm_rejects_folds_larger_than_channels():
+def test_shifts_reject_bad_arguments():
     with pytest.raises(ValueError):
         SpatioTemporalShift(8, 4, temporal_fold_div=2, spatial_fold_div=2)
+    with pytest.raises(ValueError):
+        TemporalShift(16, 4, impl="slow")
+    for impl in IMPLS:
+        with pytest.raises(ValueError):
+            TemporalShift(16, 4, impl=impl)(torch.randn(6, 16, 3, 3))  # not a multiple of num_frames
