@@ -207,3 +207,24 @@ def test_inductor_compiled_module_agrees_with_eager(module, impl):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
     torch._dynamo.reset()
 
+
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 3), (4, 4)])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("module", list(MODULE_AT))
+def test_compiled_channels_last_module_agrees_with_eager(module, impl, h, w):
+    """channels_last and torch.compile together (AOTAutograd's traced backward), in fp32 (oneDNN
+    convolutions), on maps down to 1x1, where a channels_last tensor is also contiguous and the
+    strides a kernel picks at run time may differ from those traced."""
+    torch._dynamo.reset()
+    factory, c, _, _ = MODULE_AT[module]
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(c, c, 1), torch.nn.BatchNorm2d(c), factory(impl))
+    net.to(memory_format=torch.channels_last)
+    eager = copy.deepcopy(net)
+    compiled = torch.compile(net, backend="aot_eager")
+    x = torch.randn(4 * FRAMES, c, h, w).contiguous(memory_format=torch.channels_last)
+    got = torch.autograd.grad(compiled(x).square().sum(), list(net.parameters()))
+    ref = torch.autograd.grad(eager(x).square().sum(), list(eager.parameters()))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    torch._dynamo.reset()

@@ -133,7 +133,9 @@ class GSF(nn.Module):
         nt, p, h, w = xp.shape
         t = self.num_frames
         u = F.relu(self.gate_norm(xp))
-        u = u.view(nt // t, t, p, h, w).transpose(1, 2)  # (N, C, T, H, W) for the 3D conv
+        # (N, C, T, H, W) for the 3D conv, contiguous: from a channels_last input at 1x1 the conv's
+        # input-gradient strides differ from those torch.compile traced (its backward then fails).
+        u = u.view(nt // t, t, p, h, w).transpose(1, 2).contiguous()
         weight = self.gate_weight.view(2, p // 2, 3, 3, 3)  # W_g1, W_g2: one conv, groups=2
         gate = torch.tanh(F.conv3d(u, weight, self.gate_bias, padding=1, groups=2)).transpose(1, 2)
         if self.gate_probe._forward_hooks:
