@@ -223,9 +223,21 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0, le=1, description="L2 penalty (decoupled for adamw)")
     warmup_epochs: float = Field(10, ge=0, le=10_000, description="linear warm-up length, in epochs")
     clip_grad_norm: float | None = Field(20.0, gt=0, description="gradient-norm clip (None: off)")
-    amp: bool = True
+    amp: Literal["auto", "bf16"] | bool = Field(
+        "auto", description='Mixed precision for training and evaluation: "auto" = fp16 autocast with a '
+        'GradScaler on CUDA, full precision elsewhere; "bf16" = bf16 autocast on any device (CPU too), no '
+        'scaler; false = full precision everywhere; true = "auto" (the former boolean setting).')
     eval_every: int = Field(1, ge=1, le=10_000, description="validate every N epochs (and after the last)")
     max_batches_per_epoch: int | None = Field(None, ge=1, le=10_000_000, description="cap on batches per epoch")
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp(cls, v):
+        if v is True:
+            return "auto"
+        if v not in ("auto", "bf16") and v is not False:
+            raise ValueError(f'amp must be "auto", "bf16" or false (true means "auto"), got {v!r}')
+        return v
 
 
 class MeasureConfig(_Strict):

@@ -1,7 +1,8 @@
 """Fit and evaluate one model with the paper's recipe (section 4.2), resumable per epoch.
 
 SGD (momentum, weight decay; AdamW as an option for short CPU runs), lr linear in the batch size, linear warm-up then cosine decay
-per iteration, gradient-norm clipping, AMP on GPU. After every epoch the full training state
+per iteration, gradient-norm clipping, AMP (``train.amp``: fp16 on GPU by default, bf16 on any
+device; evaluation included). After every epoch the full training state
 (model, optimiser, schedule, scaler, RNG states, history) goes to ``checkpoint_dir/last.pt``;
 ``fit`` called again with the same folder continues after the last finished epoch and ends with
 the same weights as an uninterrupted run. A NaN or infinite loss fails the trial with that reason.
@@ -52,7 +53,16 @@ def _loader(ds, batch_size: int, shuffle: bool, workers: int, seed: int) -> Data
                       pin_memory=torch.cuda.is_available())
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool,
+def autocast_dtype(amp: str | bool, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device`` (None: full precision)."""
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp in ("auto", True) and device.type == "cuda":
+        return torch.float16
+    return None
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: str | bool,
              record_gates: bool = True) -> dict:
     """Top-1/top-5 (%) of the clip-averaged softmax over each video's views (clips x crops).
 
@@ -71,7 +81,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
 
 
 @torch.no_grad()
-def _scores(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> dict:
+def _scores(model: nn.Module, loader: DataLoader, device: torch.device, amp: str | bool) -> dict:
     model.eval()
     correct1 = correct5 = total = 0
     loss_sum = 0.0
@@ -79,7 +89,8 @@ def _scores(model: nn.Module, loader: DataLoader, device: torch.device, amp: boo
     for views, labels in loader:
         b, v = views.shape[:2]
         views, labels = views.to(device, non_blocking=True), labels.to(device)
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+        dtype = autocast_dtype(amp, device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(views.flatten(0, 1)).float()
         probs = logits.softmax(-1).view(b, v, -1).mean(1)
         loss_sum += nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum").item()
@@ -131,8 +142,8 @@ def fit(model: nn.Module, cfg, seed: int, device: torch.device, checkpoint_dir: 
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(tc.epochs * steps_per_epoch, int(tc.warmup_epochs * steps_per_epoch)))
-    use_amp = tc.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = autocast_dtype(tc.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     criterion = nn.CrossEntropyLoss()
 
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
@@ -159,7 +170,7 @@ def fit(model: nn.Module, cfg, seed: int, device: torch.device, checkpoint_dir: 
             if step >= steps_per_epoch:
                 break
             clips, labels = clips.to(device, non_blocking=True), labels.to(device)
-            with torch.autocast(device.type, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = criterion(model(clips), labels)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {step}: training diverged")
