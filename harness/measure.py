@@ -12,6 +12,9 @@
   model's, timed alternately in the same process, median of the per-round ratios. Trials that
   run one after another see different machine states (on a shared 2-core CPU their medians
   drift by 10% or more), so a ratio of two trials' medians cannot resolve a 5% difference.
+- ``compile`` (``measure.compile``): the timings above are of ``torch.compile(model)`` (the
+  baseline's too); ``compile_s`` / ``train_step_compile_s`` are the wall times of the first
+  forward / train step, compilation included (inductor's on-disk cache can shorten a repeat).
 """
 from __future__ import annotations
 
@@ -23,6 +26,14 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
+
+
+def compiled(model: nn.Module, backend: bool | str) -> nn.Module:
+    """``model``, or with ``backend`` (true = inductor, or a backend name) its torch.compile'd
+    version (same parameters; save and load the state of ``model`` itself)."""
+    if not backend:
+        return model
+    return torch.compile(model, backend="inductor" if backend is True else backend)
 
 
 def count_params(model: nn.Module) -> int:
@@ -68,12 +79,14 @@ def measure_latency(
     model.eval()
     try:
         with torch.inference_mode(), autocast:
-            for _ in range(warmup):
+            first_ms = _forward_ms(model, x, cuda)  # a compiled model compiles here
+            for _ in range(warmup - 1):
                 model(x)
             times = [_forward_ms(model, x, cuda) for _ in range(runs)]
     finally:
         model.train(was_training)
     return {
+        "first_forward_s": first_ms / 1e3,
         "latency_ms": statistics.median(times),
         "latency_p90_ms": statistics.quantiles(times, n=10, method="inclusive")[8],
         "latency_precision": "fp16-autocast" if cuda and fp16_on_gpu else "fp32",
@@ -135,8 +148,8 @@ def measure_train_step(model: nn.Module, num_frames: int, input_size: int, runs:
     _, x, cuda, autocast = _timing_setup(model, num_frames, input_size, clips, fp16_on_gpu)
     with _unchanged(model):
         model.train()
-        times = [_train_step_ms(model, x, cuda, autocast) for _ in range(warmup + runs)][warmup:]
-    return {"train_step_ms": statistics.median(times)}
+        times = [_train_step_ms(model, x, cuda, autocast) for _ in range(warmup + runs)]
+    return {"train_step_ms": statistics.median(times[warmup:]), "first_train_step_s": times[0] / 1e3}
 
 
 def relative_cost(model: nn.Module, baseline: nn.Module, num_frames: int, cfg) -> dict[str, float]:
@@ -146,7 +159,8 @@ def relative_cost(model: nn.Module, baseline: nn.Module, num_frames: int, cfg) -
     slow drifts of the machine hit both alike; the result is the median of the per-round ratios.
     """
     _, x, cuda, autocast = _timing_setup(model, num_frames, cfg.input_size, cfg.latency_clips, cfg.fp16_on_gpu)
-    pair = (model, baseline)
+    pair = (compiled(model, cfg.compile), compiled(baseline, cfg.compile))
+    model, baseline = pair
 
     def rounds(time_one, warmup: int) -> float:
         ratios = []
@@ -178,12 +192,21 @@ def measure(model: nn.Module, num_frames: int, cfg) -> dict[str, float | str]:
         out["GFLOPs"] = flops / 1e9
         out["flops_counted"] = f"fvcore multiply-accumulates of one view (1x{num_frames}x3x{cfg.input_size}x{cfg.input_size}), eval mode"
         out["flops_uncounted_ops"] = ",".join(skipped)
+    timed = model
+    if cfg.compile and (cfg.latency or cfg.train_step):
+        torch._dynamo.reset()  # a fresh compile (relative_cost may have compiled this model already)
+        timed = compiled(model, cfg.compile)
+        out["compiled"] = "inductor" if cfg.compile is True else cfg.compile
     if cfg.latency:
-        out.update(measure_latency(model, num_frames, cfg.input_size, cfg.latency_runs, cfg.latency_warmup,
+        out.update(measure_latency(timed, num_frames, cfg.input_size, cfg.latency_runs, cfg.latency_warmup,
                                    cfg.latency_clips, cfg.fp16_on_gpu))
     if cfg.train_step:
-        out.update(measure_train_step(model, num_frames, cfg.input_size, cfg.latency_runs, 3,
+        out.update(measure_train_step(timed, num_frames, cfg.input_size, cfg.latency_runs, 3,
                                       cfg.latency_clips, cfg.fp16_on_gpu))
+    # A compiled model's first call is its compilation; an eager model's, warm-up noise.
+    first = {"compile_s": out.pop("first_forward_s", None), "train_step_compile_s": out.pop("first_train_step_s", None)}
+    if cfg.compile:
+        out.update({k: v for k, v in first.items() if v is not None})
     return out
 
 

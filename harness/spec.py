@@ -210,6 +210,18 @@ class ModelConfig(_Strict):
             raise ValueError(f"placement {self.placement!r} is not allowed for {self.backbone}; allowed: {', '.join(allowed)}")
 
 
+def _compile_backend(v: bool | str) -> bool | str:
+    """``compile``: a bool, or the name of a torch.compile backend."""
+    if isinstance(v, bool):
+        return v
+    import torch._dynamo
+
+    if not isinstance(v, str) or v not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ValueError(f"compile must be true, false or a torch.compile backend name (inductor, aot_eager, "
+                         f"eager, ...: torch._dynamo.list_backends(exclude_tags=())), got {v!r}")
+    return v
+
+
 class TrainConfig(_Strict):
     """The paper's recipe (section 4.2) by default; ``lr`` is for a batch of ``lr_batch`` clips
     and scales linearly with ``batch_size``. ``momentum`` applies to SGD only."""
@@ -227,6 +239,13 @@ class TrainConfig(_Strict):
         "auto", description='Mixed precision for training and evaluation: "auto" = fp16 autocast with a '
         'GradScaler on CUDA, full precision elsewhere; "bf16" = bf16 autocast on any device (CPU too), no '
         'scaler; false = full precision everywhere; true = "auto" (the former boolean setting).')
+    compile: bool | str = Field(
+        False, description="torch.compile the model for training and evaluation, on any device: true = the "
+        "inductor backend; or a backend name (e.g. 'aot_eager' to tell a Dynamo/AOTAutograd problem from an "
+        "inductor one). Temporal modules with impl='auto' run their readable implementation under compile.")
+    channels_last: bool = Field(
+        False, description="Convert the model to torch.channels_last memory format (the fast layout for "
+        "fp16/bf16 convolutions on tensor cores), on any device.")
     eval_every: int = Field(1, ge=1, le=10_000, description="validate every N epochs (and after the last)")
     max_batches_per_epoch: int | None = Field(None, ge=1, le=10_000_000, description="cap on batches per epoch")
 
@@ -239,6 +258,8 @@ class TrainConfig(_Strict):
             raise ValueError(f'amp must be "auto", "bf16" or false (true means "auto"), got {v!r}')
         return v
 
+    _compile = field_validator("compile", mode="before")(lambda cls, v: _compile_backend(v))
+
 
 class MeasureConfig(_Strict):
     input_size: int = Field(224, ge=16, le=1024, description="frame side the model is measured at, pixels")
@@ -249,6 +270,12 @@ class MeasureConfig(_Strict):
     latency_clips: int = Field(1, ge=1, le=1024, description="clips per timed batch")
     fp16_on_gpu: bool = True
     train_step: bool = False
+    compile: bool | str = Field(
+        False, description="Time torch.compile(model) (true = inductor, or a backend name) instead of the eager "
+        "model, in latency, train_step and the cost ratios (the baseline compiled too). The first call's wall "
+        "time, compilation included, is reported on its own: compile_s (forward) and train_step_compile_s.")
+
+    _compile = field_validator("compile", mode="before")(lambda cls, v: _compile_backend(v))
 
 
 class TrialConfig(_Strict):

@@ -2,7 +2,8 @@
 
 SGD (momentum, weight decay; AdamW as an option for short CPU runs), lr linear in the batch size, linear warm-up then cosine decay
 per iteration, gradient-norm clipping, AMP (``train.amp``: fp16 on GPU by default, bf16 on any
-device; evaluation included). After every epoch the full training state
+device), optionally channels_last and torch.compile (``train.channels_last``, ``train.compile``),
+evaluation included. After every epoch the full training state
 (model, optimiser, schedule, scaler, RNG states, history) goes to ``checkpoint_dir/last.pt``;
 ``fit`` called again with the same folder continues after the last finished epoch and ends with
 the same weights as an uninterrupted run. A NaN or infinite loss fails the trial with that reason.
@@ -135,6 +136,10 @@ def fit(model: nn.Module, cfg, seed: int, device: torch.device, checkpoint_dir: 
         raise ValueError(f"train set of {len(train_ds)} clips is smaller than batch_size={tc.batch_size}")
 
     model.to(device)
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if tc.compile:  # in place: module names and state-dict keys stay the model's own
+        model.compile(backend="inductor" if tc.compile is True else tc.compile)
     lr = tc.lr * tc.batch_size / tc.lr_batch
     if tc.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay)

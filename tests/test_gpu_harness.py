@@ -1,5 +1,5 @@
-"""The harness's GPU options on CPU stand-ins: ``train.amp`` (bf16 autocast on any device), in
-training and evaluation."""
+"""The harness's GPU options on CPU stand-ins: ``train.amp`` (bf16 autocast on any device),
+``train.compile``, ``train.channels_last`` and ``measure.compile``, in training and evaluation."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,8 @@ import torch
 import yaml
 
 from gsf import build_model
-from harness.spec import SpecError, TrialConfig, load_spec
+from harness.measure import measure, relative_cost
+from harness.spec import MeasureConfig, SpecError, TrialConfig, load_spec
 from harness.train import autocast_dtype, fit
 
 CPU = torch.device("cpu")
@@ -56,12 +57,67 @@ def test_amp_setting_per_device():
     assert TrialConfig().train.amp == "auto" and _cfg(amp=True).train.amp == "auto"
 
 
+def test_compiled_channels_last_training_matches_eager(tmp_path):
+    """train.compile (here the aot_eager backend: Dynamo + AOTAutograd, no C++ build) and
+    train.channels_last: the same losses and accuracy as eager, and a checkpoint of the model
+    itself (no torch.compile key prefix) that an eager run resumes from."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager_cfg, cfg = _cfg(epochs=2), _cfg(epochs=2, compile="aot_eager", channels_last=True)
+    history = {}
+    for name, c in (("eager", eager_cfg), ("compiled", cfg)):
+        torch._dynamo.utils.counters.clear()
+        model = _model(c)
+        history[name] = []
+        fit(model, c, seed=0, device=CPU, checkpoint_dir=tmp_path / name,
+            on_epoch=lambda m, e, h=history[name]: h.append(m))
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert (graphs > 0) == (name == "compiled")
+    conv = model.backbone.conv1
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(history["eager"], history["compiled"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-3)
+    state = torch.load(tmp_path / "compiled" / "last.pt", weights_only=False)["model"]
+    assert state.keys() == model.state_dict().keys()
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("amp", "fp16", 'amp must be "auto", "bf16" or false'),
     ("amp", 1, 'amp must be "auto", "bf16" or false'),
+    ("compile", "fastest", "compile must be true, false or a torch.compile backend"),
 ])
 def test_bad_gpu_options_are_named(tmp_path, key, value, message):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump({"base": {"train": {key: value}}}))
     with pytest.raises(SpecError, match=f"spec.yaml: base.train.{key}: {message}"):
         load_spec(path)
+
+
+class Frames(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+
+    def forward(self, x):
+        return self.net(x.flatten(0, 1)).mean(dim=(1, 2, 3))
+
+
+def test_measure_compiled_reports_compile_time_separately():
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    cfg = MeasureConfig(input_size=16, flops=False, latency_runs=20, latency_warmup=2, train_step=True,
+                        compile="aot_eager")
+    model, baseline = Frames(), Frames()
+    ratios = relative_cost(model, baseline, num_frames=2, cfg=cfg)
+    assert {"latency_x", "train_step_x"} <= ratios.keys()
+    out = measure(model, num_frames=2, cfg=cfg)
+    assert out["compiled"] == "aot_eager"
+    assert out["compile_s"] > 0 and out["train_step_compile_s"] > 0
+    # The first call compiles (Dynamo tracing + AOTAutograd): far longer than a timed run.
+    assert out["compile_s"] * 1e3 > 5 * out["latency_ms"]
+    assert "compile_s" not in measure(model, num_frames=2, cfg=cfg.model_copy(update={"compile": False}))
+    torch._dynamo.reset()
