@@ -1,18 +1,24 @@
 """How much slower is a GSF network than its TSN baseline? Measured side by side, interleaved.
 
     python benchmarks/gsf_speed.py --threads 2 --rounds 10 --backbones resnet50 bninception
+    python benchmarks/gsf_speed.py --device cuda --modules tsm gsf --impls reference fast --compile
 
 For every backbone it builds the harness's models (``gsf.build_model``, paper configuration:
 ResNet-50 with GSF after conv3 on 25% of the channels in all 16 blocks, BN-Inception with GSF on
-the 1x1 branch, 100%, in its 10 blocks) for TSN (no temporal module) and each ``--modules`` entry,
-and times, round-robin in one process so that machine noise hits all models alike:
+the 1x1 branch, 100%, in its 10 blocks) for TSN (no temporal module) and each ``--modules`` entry
+in each ``--impls`` implementation (``auto``: what the module picks on that device; ``reference``:
+the readable one; ``fast``: the CPU-tuned one), with ``--compile`` also each as
+``torch.compile(model)`` (inductor), and times, round-robin in one process so that machine noise
+hits all models alike:
 
 - forward: eval mode, ``torch.inference_mode()``, one clip of ``--frames`` frames;
 - forward+backward: train mode, cross-entropy on random labels, ``--train-clips`` clips.
 
-Ratios are the median over rounds of (module time / TSN time) within the same round; the ms
-columns are plain medians. CPU always (fp32, wall clock); on a CUDA machine also fp16 autocast,
-timed with CUDA events after synchronisation (the paper's Table 12 setting).
+Ratios are the median over rounds of (model time / TSN time) within the same round, a compiled
+model against the compiled TSN; the ms columns are plain medians; "first s" is each model's first
+call, alone (for a compiled model: its compilation). ``--device cpu``: fp32 (or ``--amp bf16``),
+wall clock. ``--device cuda``: fp16 autocast (the paper's Table 12 setting), CUDA events after
+synchronisation.
 """
 from __future__ import annotations
 
@@ -33,11 +39,12 @@ PAPER_SETUP = {"resnet50": "GSF after conv3, 25% of the channels, 16 blocks",
                "bninception": "GSF on the 1x1 branch, 100% of the channels, 10 blocks"}
 
 
-def build(backbone: str, module: str, frames: int):
+def build(backbone: str, module: str, frames: int, impl: str = "auto"):
     from gsf import build_model
 
     torch.manual_seed(0)
-    return build_model(backbone=backbone, module=module, num_frames=frames, num_classes=174)
+    return build_model(backbone=backbone, module=module, num_frames=frames, num_classes=174,
+                       module_options={"impl": impl})
 
 
 class Timer:
@@ -76,8 +83,10 @@ def train_step(model, x, labels, autocast):
     return step
 
 
-def measure(models: dict, make_step, timer: Timer, rounds: int, warmup: int) -> dict[str, list[float]]:
+def measure(models: dict, make_step, timer: Timer, rounds: int, warmup: int) -> tuple[dict, dict]:
+    """Per model: the times of ``rounds`` interleaved rounds, and of its first call (alone)."""
     steps = {name: make_step(model) for name, model in models.items()}
+    first = {name: timer(step) / 1e3 for name, step in steps.items()}
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -88,57 +97,65 @@ def measure(models: dict, make_step, timer: Timer, rounds: int, warmup: int) -> 
         # round (the first model after a switch pays for the caches the previous one left).
         for name in names[r % len(names):] + names[:r % len(names)]:
             times[name].append(timer(steps[name]))
-    return times
+    return times, first
 
 
-def report(rows: list[tuple], baseline: str = "TSN"):
-    width = max(6, *(len(name) for *_, times in rows for name in times))
+def report(rows: list[tuple]):
+    width = max(6, *(len(name) for *_, times, _ in rows for name in times))
     head = (f"{'backbone':<12} {'device':<6} {'mode':<22} {'model':<{width}} "
-            f"{'median ms':>10} {'min ms':>9} {'x TSN':>7}")
+            f"{'median ms':>10} {'min ms':>9} {'x TSN':>7} {'first s':>8}")
     print(head)
     print("-" * len(head))
-    for backbone, device, mode, times in rows:
-        base = times[baseline]
+    for backbone, device, mode, times, first in rows:
         for name, ts in times.items():
+            base = times["TSN compiled" if name.endswith(" compiled") else "TSN"]
             ratio = statistics.median(a / b for a, b in zip(ts, base))
             print(f"{backbone:<12} {device:<6} {mode:<22} {name:<{width}} "
-                  f"{statistics.median(ts):>10.1f} {min(ts):>9.1f} {ratio:>7.3f}")
+                  f"{statistics.median(ts):>10.1f} {min(ts):>9.1f} {ratio:>7.3f} {first[name]:>8.1f}")
     print()
+
+
+def build_models(args, backbone: str, device: torch.device) -> dict:
+    """TSN and every (module, impl), each also compiled with --compile: name -> model on ``device``."""
+    models = {"TSN": build(backbone, "none", args.frames)}
+    for module in args.modules:
+        for impl in args.impls:
+            name = module.upper() if impl == "auto" else f"{module.upper()} {impl}"
+            models[name] = build(backbone, module, args.frames, impl)
+    for model in models.values():
+        model.to(device)
+    if args.compile:
+        models.update({f"{name} compiled": torch.compile(model) for name, model in list(models.items())})
+    return models
 
 
 def run_device(args, device: torch.device):
     timer = Timer(device)
-    cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext()
-    dtype = "fp16 autocast" if cuda else "fp32"
+    if args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda"):
+        dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
+        autocast, precision = torch.autocast(device.type, dtype=dtype), f"{dtype} autocast"
+    else:
+        autocast, precision = nullcontext(), "fp32"
     size = args.size
     for backbone in args.backbones:
-        try:
-            models = {"TSN": build(backbone, "none", args.frames)}
-            for module in args.modules:
-                models[module.upper()] = build(backbone, module, args.frames)
-        except Exception as err:  # a backbone still being written, for instance
-            print(f"skipping {backbone}: {type(err).__name__}: {err}\n")
-            continue
-        for model in models.values():
-            model.to(device)
+        models = build_models(args, backbone, device)
         rows = []
         if "forward" in args.modes:
             x = torch.randn(args.clips, args.frames, 3, size, size, device=device)
             for model in models.values():
                 model.eval()
-            times = measure(models, lambda m: forward_step(m, x, autocast), timer, args.rounds, args.warmup)
-            rows.append((backbone, device.type, f"forward {args.clips}x{args.frames}x3x{size}x{size}", times))
+            times, first = measure(models, lambda m: forward_step(m, x, autocast), timer, args.rounds, args.warmup)
+            rows.append((backbone, device.type, f"forward {args.clips}x{args.frames}x3x{size}x{size}", times, first))
         if "train" in args.modes:
             for clips in args.train_clips:
                 x = torch.randn(clips, args.frames, 3, size, size, device=device)
                 labels = torch.randint(0, 174, (clips,), device=device)
                 for model in models.values():
                     model.train()
-                times = measure(models, lambda m: train_step(m, x, labels, autocast), timer,
-                                args.train_rounds or args.rounds, args.warmup)
-                rows.append((backbone, device.type, f"fwd+bwd {clips}x{args.frames}x3x{size}x{size}", times))
-        print(f"{backbone}: {PAPER_SETUP.get(backbone, '')}; {dtype}; {args.rounds} rounds after {args.warmup} warm-up")
+                times, first = measure(models, lambda m: train_step(m, x, labels, autocast), timer,
+                                       args.train_rounds or args.rounds, args.warmup)
+                rows.append((backbone, device.type, f"fwd+bwd {clips}x{args.frames}x3x{size}x{size}", times, first))
+        print(f"{backbone}: {PAPER_SETUP.get(backbone, '')}; {precision}; {args.rounds} rounds after {args.warmup} warm-up")
         report(rows)
         del models
 
@@ -150,14 +167,20 @@ def main(argv=None):
     ap.add_argument("--train-rounds", type=int, default=None, help="rounds for forward+backward (default: --rounds)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--backbones", nargs="+", default=["resnet50", "bninception"])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--modules", nargs="+", default=["gsf"],
                     help="temporal modules to compare with TSN (gsf, gsm, tsm, stsm)")
+    ap.add_argument("--impls", nargs="+", default=["auto"], choices=["auto", "reference", "fast"],
+                    help="implementations of each module, side by side")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time every model as torch.compile(model) (inductor), against the compiled TSN")
+    ap.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                    help="auto: fp16 autocast on CUDA, fp32 on CPU; bf16: bf16 autocast; off: fp32")
     ap.add_argument("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--clips", type=int, default=1, help="clips per forward batch")
     ap.add_argument("--train-clips", type=int, nargs="+", default=[1, 2], help="clips per forward+backward batch")
-    ap.add_argument("--no-cuda", action="store_true", help="CPU only even if a GPU is present")
     ap.add_argument("--thp", action="store_true",
                     help="re-run with THP_MEM_ALLOC_ENABLE=1: PyTorch's CPU allocator asks for huge pages, "
                          "so fresh activations cost far fewer page faults (expensive in a VM); applies to "
@@ -175,11 +198,12 @@ def main(argv=None):
           f"MALLOC_* env: {sorted(k for k in os.environ if k.startswith('MALLOC_')) or 'none'}")
     print(f"input: (clips, frames, 3, {args.size}, {args.size}) float32 from randn; frames={args.frames}; "
           f"forward clips={args.clips}; forward+backward clips={args.train_clips}")
-    print("ratio column: median over rounds of (model ms / TSN ms in the same round)\n")
-    run_device(args, torch.device("cpu"))
-    if torch.cuda.is_available() and not args.no_cuda:
+    print("ratio column: median over rounds of (model ms / TSN ms in the same round; compiled: / TSN compiled)\n")
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: no CUDA device is visible to torch")
         print(f"CUDA: {torch.cuda.get_device_name()}")
-        run_device(args, torch.device("cuda"))
+    run_device(args, torch.device(args.device))
 
 
 if __name__ == "__main__":
