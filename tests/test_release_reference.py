@@ -129,7 +129,7 @@ def paper_gsf_time_reversed(weights: dict, channels: int, t: int, shift_ratio: f
 
     m = GSF(channels, t, shift_ratio).to(DT)
     with torch.no_grad():
-        m.gate_weight.copy_(weights["conv3D.weight"].flip(2))  # (2, C/2, kt, kh, kw)
+        m.gate_weight.copy_(weights["conv3D.weight"].flip(2).flatten(2))  # (2, C/2, kt*kh*kw)
         m.gate_bias.copy_(weights["conv3D.bias"])
         for b in ("weight", "bias", "running_mean", "running_var"):
             getattr(m.gate_norm, b).copy_(weights[f"bn.{b}"])

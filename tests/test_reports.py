@@ -148,7 +148,7 @@ def test_readable_rounds_measurements_and_keeps_counts():
 
 
 def _reference_gates(module: GSF, x: torch.Tensor) -> torch.Tensor:
-    """tanh(conv3d(relu(BN(X)))) per group, as in tests/gsf_reference.py: (N, T, 2, H, W)."""
+    """tanh(conv3d(relu(BN(X)))) per group, as the readable GSF (gsf/modules/gsf.py): (N, T, 2, H, W)."""
     import torch.nn.functional as F
 
     nt, c, h, w = x.shape
@@ -156,7 +156,8 @@ def _reference_gates(module: GSF, x: torch.Tensor) -> torch.Tensor:
     x5 = x.view(nt // t, t, c, h, w).permute(0, 2, 1, 3, 4)[:, :module.processed]
     bn = module.gate_norm
     u = F.relu(F.batch_norm(x5, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps))
-    gates = [torch.tanh(F.conv3d(u[:, g * half:(g + 1) * half], module.gate_weight[g:g + 1],
+    kernels = module.gate_weight.view(2, half, 3, 3, 3)  # stored with the 27 taps flattened
+    gates = [torch.tanh(F.conv3d(u[:, g * half:(g + 1) * half], kernels[g:g + 1],
                                  module.gate_bias[g:g + 1], padding=1)) for g in range(2)]
     return torch.cat(gates, dim=1).permute(0, 2, 1, 3, 4)
 
