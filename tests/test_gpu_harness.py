@@ -59,19 +59,20 @@ def test_amp_setting_per_device():
 
 def test_compiled_channels_last_training_matches_eager(tmp_path):
     """train.compile (here the aot_eager backend: Dynamo + AOTAutograd, no C++ build) and
-    train.channels_last: the same losses and accuracy as eager, and a checkpoint of the model
-    itself (no torch.compile key prefix) that an eager run resumes from."""
+    train.channels_last: the same losses, accuracy and gate histograms as eager, and a checkpoint
+    of the model itself (no torch.compile key prefix)."""
     import torch._dynamo
 
     torch._dynamo.reset()
     eager_cfg, cfg = _cfg(epochs=2), _cfg(epochs=2, compile="aot_eager", channels_last=True)
-    history = {}
+    history, gates = {}, {}
     for name, c in (("eager", eager_cfg), ("compiled", cfg)):
         torch._dynamo.utils.counters.clear()
         model = _model(c)
         history[name] = []
         fit(model, c, seed=0, device=CPU, checkpoint_dir=tmp_path / name,
-            on_epoch=lambda m, e, h=history[name]: h.append(m))
+            on_epoch=lambda m, e, h=history[name]: h.append(m),
+            on_evaluate=lambda details, e, name=name: gates.__setitem__(name, details["gates"]))
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         assert (graphs > 0) == (name == "compiled")
     conv = model.backbone.conv1
@@ -79,6 +80,9 @@ def test_compiled_channels_last_training_matches_eager(tmp_path):
     for a, b in zip(history["eager"], history["compiled"]):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-3)
+    assert [g["name"] for g in gates["compiled"]["layers"]] == [g["name"] for g in gates["eager"]["layers"]]
+    for a, b in zip(gates["eager"]["layers"], gates["compiled"]["layers"]):
+        assert b["values"] == a["values"] > 0 and b["mean"] == pytest.approx(a["mean"], abs=1e-3)
     state = torch.load(tmp_path / "compiled" / "last.pt", weights_only=False)["model"]
     assert state.keys() == model.state_dict().keys()
     torch._dynamo.reset()
