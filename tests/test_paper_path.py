@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from harness.spec import load_spec
-from harness.tracking import init_store
+from harness.tracking import open_store
 from harness.trial import run_trial
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def test_paper_profile_trains_and_evaluates_at_full_size(tmp_path, stem, variant
     config["train"] = {**config["train"], "amp": "bf16", "batch_size": batch, "epochs": 1,
                        "max_batches_per_epoch": 1}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = init_store(uri)
+    client = open_store(uri)
     job = {"config": config, "hash": trial.hash, "label": trial.label, "spec": spec.name,
            "tracking_uri": uri, "results_dir": str(tmp_path / "results"), "measure_only": False}
     t0 = time.perf_counter()
