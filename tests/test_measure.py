@@ -24,9 +24,16 @@ class Frames(nn.Module):
 def test_relative_cost_times_both_models_side_by_side():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1))
-    cfg = MeasureConfig(input_size=32, latency_runs=20, latency_warmup=2, train_step=True)
+    cfg = MeasureConfig(input_size=64, latency_runs=30, latency_warmup=2, train_step=True)
     model, baseline = Frames(net, 2).train(), Frames(net, 1).eval()
-    out = relative_cost(model, baseline, num_frames=4, cfg=cfg)
+    # One thread and enough work per pass that the ratio is the work's, not thread-pool overhead:
+    # at 32 px on 2 threads of a loaded 2-core machine train_step_x read 1.2-1.4 for twice the work.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = relative_cost(model, baseline, num_frames=4, cfg=cfg)
+    finally:
+        torch.set_num_threads(threads)
     assert 1.5 < out["latency_x"] < 2.7, out
     assert 1.5 < out["train_step_x"] < 2.7, out
     assert model.training and not baseline.training, "modes are restored"
