@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from harness.data import build_datasets
 
@@ -47,9 +47,32 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
+class AugmentedSampler(Sampler):
+    """An epoch in random order, each sample with the draw that seeds its augmentation, all made
+    here from one generator: a run's clips do not depend on how many workers load them."""
+
+    def __init__(self, size: int, generator: torch.Generator):
+        self.size, self.generator = size, generator
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=self.generator).tolist()
+        draws = torch.randint(2**62, (self.size,), generator=self.generator).tolist()
+        return iter(zip(order, draws))
+
+
+def loader_workers(workers: int | None, cpus: float) -> int:
+    """``data.workers``, or by default the trial's CPUs (``--cpus-per-trial``) minus one for the
+    training process itself."""
+    return workers if workers is not None else max(0, int(cpus) - 1)
+
+
 def _loader(ds, batch_size: int, shuffle: bool, workers: int, seed: int) -> DataLoader:
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=gen,
+    sampler = AugmentedSampler(len(ds), gen) if shuffle else None
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, generator=gen,
                       worker_init_fn=_worker_init, drop_last=shuffle, persistent_workers=False,
                       pin_memory=torch.cuda.is_available())
 
@@ -61,6 +84,28 @@ def autocast_dtype(amp: str | bool, device: torch.device) -> torch.dtype | None:
     if amp in ("auto", True) and device.type == "cuda":
         return torch.float16
     return None
+
+
+class Progress:
+    """Where an epoch is, every ``every_s`` seconds: batches done, clips/s, mean loss so far and
+    the time the trial's remaining batches take at this rate (evaluation not included)."""
+
+    def __init__(self, every_s: float, batches: int, epochs: int, callback: Callable[[dict], None] | None):
+        self.every_s, self.batches, self.epochs, self.callback = every_s, batches, epochs, callback
+
+    def start(self, epoch: int) -> None:
+        self.epoch, self.t0 = epoch, time.time()
+        self.last = self.t0
+
+    def step(self, batch: int, clips: int, loss_sum: float) -> None:
+        now = time.time()
+        if self.callback is None or now - self.last < self.every_s:
+            return
+        self.last = now
+        rate = batch / (now - self.t0)  # batches/s this epoch
+        left = (self.batches - batch) + (self.epochs - self.epoch) * self.batches
+        self.callback({"epoch": self.epoch, "batch": batch, "batches": self.batches, "loss": loss_sum / clips,
+                       "clips_per_s": clips / (now - self.t0), "eta_s": left / rate})
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: str | bool,
@@ -120,15 +165,18 @@ def _save(path: Path, state: dict) -> None:
 
 def fit(model: nn.Module, cfg, seed: int, device: torch.device, checkpoint_dir: str | Path | None = None,
         on_epoch: Callable[[dict[str, float], int], None] | None = None,
-        on_evaluate: Callable[[dict, int], None] | None = None) -> dict[str, float]:
+        on_evaluate: Callable[[dict, int], None] | None = None, cpus: float = 1,
+        on_progress: Callable[[dict], None] | None = None, progress_every_s: float = 30) -> dict[str, float]:
     """Train ``model`` on ``cfg.data`` with ``cfg.train``; returns the final epoch's metrics.
-    ``on_evaluate(details, epoch)`` gets what ``evaluate`` found besides the metrics."""
+    ``on_evaluate(details, epoch)`` gets what ``evaluate`` found besides the metrics;
+    ``on_progress(dict)`` where an epoch is, every ``progress_every_s`` seconds (``Progress``).
+    ``cpus``: what this training may use; ``data.workers`` defaults to one fewer."""
     tc = cfg.train
     seed_everything(seed)
     train_ds, val_ds = build_datasets(cfg.data, num_frames=cfg.model.num_frames, seed=seed)
     if train_ds.num_classes != cfg.model.num_classes:
         raise ValueError(f"model.num_classes={cfg.model.num_classes} but the dataset has {train_ds.num_classes} classes")
-    workers = cfg.data.workers
+    workers = loader_workers(cfg.data.workers, cpus)
     steps_per_epoch = len(train_ds) // tc.batch_size
     if tc.max_batches_per_epoch:
         steps_per_epoch = min(steps_per_epoch, tc.max_batches_per_epoch)
@@ -166,9 +214,11 @@ def fit(model: nn.Module, cfg, seed: int, device: torch.device, checkpoint_dir: 
 
     val_views_per_clip = None
     metrics = history[-1] if history else {}
+    progress = Progress(progress_every_s, steps_per_epoch, tc.epochs, on_progress)
     for epoch in range(start_epoch, tc.epochs + 1):
         model.train()
         t0 = time.time()
+        progress.start(epoch)
         loader = _loader(train_ds, tc.batch_size, True, workers, seed * 1000 + epoch)
         loss_sum, seen = 0.0, 0
         for step, (clips, labels) in enumerate(loader):
@@ -189,6 +239,7 @@ def fit(model: nn.Module, cfg, seed: int, device: torch.device, checkpoint_dir: 
             scheduler.step()
             loss_sum += loss.item() * labels.shape[0]
             seen += labels.shape[0]
+            progress.step(step + 1, seen, loss_sum)
         metrics = {"train_loss": loss_sum / seen, "lr": scheduler.get_last_lr()[0], "epoch_seconds": time.time() - t0}
         if epoch % tc.eval_every == 0 or epoch == tc.epochs:
             if val_views_per_clip is None:

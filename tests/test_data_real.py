@@ -319,6 +319,7 @@ def damaged_videos(tmp_path, codec, damage):
     bad.write_bytes(data)
     (root / "train.txt").write_text("videos/ok.mp4 0\nvideos/bad.mp4 1\n")
     (root / "val.txt").write_text("videos/ok.mp4 0\nvideos/bad.mp4 1\n")
+    (root / "intact.txt").write_text("videos/ok.mp4 0\nvideos/ok.mp4 1\n")
     (root / "categories.txt").write_text("a\nb\n")
     cfg = DataConfig(dataset="kinetics400", root=str(root), train_list="train.txt", val_list="val.txt",
                      categories="categories.txt", input_size=32)
@@ -327,14 +328,30 @@ def damaged_videos(tmp_path, codec, damage):
 
 @pytest.mark.parametrize("codec", ["mpeg4", "libx264"])
 @pytest.mark.parametrize("damage", ["truncated50", "truncated90", "cut", "garbled"])
-def test_damaged_video_is_a_data_error_naming_the_file(tmp_path, codec, damage):
+@pytest.mark.parametrize("seek", [False, True])
+def test_damaged_video_is_a_data_error_naming_the_file(tmp_path, codec, damage, seek):
+    """The sequential decoder fails on damage before a clip's last frame. The seeking one decodes
+    only the keyframe intervals a clip needs: it fails on damage there, and damage elsewhere
+    never reaches the clip (it equals the intact video's)."""
     cfg, bad = damaged_videos(tmp_path, codec, damage)
     check_data(cfg, 2)  # opening and decoding is not cheap: the damage shows when the clip is read
     train, val = build_datasets(cfg, num_frames=T)
+    intact = build_datasets(cfg.model_copy(update={"train_list": "intact.txt", "val_list": "intact.txt"}), T)
     assert val[0][0].shape == (1, T, 3, 32, 32)  # the intact noise video decodes without complaint
-    for ds in (train, val):
-        msg = error(lambda: ds[1], str(bad))
-        assert "truncated or corrupt" in msg or "no video frames" in msg, msg
+    failed = 0
+    for ds, reference in zip((train, val), intact):
+        ds.source.seek = seek
+        for draw in range(4 if seek else 1):
+            index = (1, draw) if ds.train else 1
+            try:
+                clip = ds[index][0]
+            except DataError as e:
+                assert str(bad) in str(e) and ("truncated or corrupt" in str(e) or "no video frames" in str(e)), e
+                failed += 1
+                continue
+            assert seek, "the sequential decoder read a damaged video without an error"
+            assert torch.equal(clip, reference[index][0]), "a clip of the damaged video differs from the intact one"
+    assert failed or damage == "garbled", "truncation past the clips' frames is always an error"
 
 
 def test_video_cut_short_says_how_many_frames_it_has_and_claims(tmp_path):
@@ -352,7 +369,10 @@ def test_video_cut_short_says_how_many_frames_it_has_and_claims(tmp_path):
 def test_garbled_video_fails_where_the_decoder_would_conceal(tmp_path):
     cfg, bad = damaged_videos(tmp_path, "mpeg4", "garbled")
     _, val = build_datasets(cfg, num_frames=T)
+    val.source.seek = False
     assert "decoding failed at frame" in error(lambda: val[1], str(bad))
+    val.source.seek = True  # asked for the garbled frame itself (the 3rd), the seeking decoder fails too
+    assert "decoding failed at frame 3 " in error(lambda: val.source.read(1, [np.array([2.5 / 12])]), str(bad))
 
 
 def test_empty_video_file_is_refused_up_front(tmp_path):
@@ -387,3 +407,54 @@ def test_classes_are_checked_against_the_model_up_front(tmp_path):
     assert "3 classes, but model.num_classes is 174" in msg
     msg = error(lambda: check_data(DataConfig(num_classes=4), 7), "model.num_classes is 7")
     assert "data.num_classes is 4" in msg
+
+
+# --- the seeking video decoder against the sequential reference --------------------------------
+
+def write_moving_video(path, codec, options, count=60, size=(96, 64), rate=25):
+    """A textured scene panning under a moving block: the encoder makes P and B frames."""
+    rng = np.random.default_rng(1)
+    texture = np.kron(rng.integers(0, 256, (size[1] // 8 + 4, size[0] // 8 + 4, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.options = options
+        for k in range(count):
+            img = texture[k % 16:k % 16 + size[1], k % 24:k % 24 + size[0]].copy()
+            img[20:36, (3 * k) % (size[0] - 16):(3 * k) % (size[0] - 16) + 16] = (250, 40, 10)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+ENCODINGS = {
+    "x264 gop 10, 3 B-frames": ("libx264", {"g": "10", "bf": "3"}, "mp4"),
+    "x264 open gop": ("libx264", {"g": "12", "bf": "2", "x264-params": "open-gop=1"}, "mp4"),
+    "x264 default gop (one keyframe)": ("libx264", {}, "mp4"),
+    "mpeg4 gop 8, B-frames": ("mpeg4", {"g": "8", "bf": "2"}, "mp4"),
+    "x264 in Matroska (no frame count)": ("libx264", {"g": "9"}, "mkv"),
+}
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_seeking_decoder_gives_the_sequential_decoders_pixels(tmp_path, encoding):
+    from harness.data.datasets import decode_seeking, decode_sequential
+
+    codec, options, ext = ENCODINGS[encoding]
+    if codec not in av.codecs_available:
+        pytest.skip(f"{codec} not in this FFmpeg")
+    path = write_moving_video(tmp_path / f"v.{ext}", codec, options)
+    rng = np.random.default_rng(0)
+    requests = [[tf.train_positions(8, rng)] for _ in range(25)]
+    requests += [[tf.test_positions(8, c, n) for c in range(n)] for n in (1, 2, 10)]
+    requests += [[np.array([0.0])], [np.array([0.999])], [np.sort(rng.random(16))]]
+    for clips in requests:
+        seeking = decode_seeking(path, clips)
+        if "open gop" not in encoding:
+            assert seeking is not None, "a regular file fell back to the sequential decoder"
+        if seeking is None:
+            continue
+        for got, want in zip(seeking, decode_sequential(path, clips)):
+            assert got.dtype == np.uint8 and np.array_equal(got, want)

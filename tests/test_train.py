@@ -87,3 +87,38 @@ def test_warmup_then_cosine():
     assert f(55) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
     assert f(99) < 0.01
     assert all(f(i) >= f(i + 1) for i in range(10, 99))
+
+
+def test_an_epochs_clips_do_not_depend_on_the_number_of_workers():
+    """data.workers defaults to the trial's CPUs minus one: the same trial on a bigger node must
+    see the same clips, in the same order, with the same augmentation."""
+    from harness.data import build_datasets
+    from harness.train import _loader
+
+    cfg = _cfg()
+    train_ds, _ = build_datasets(cfg.data, num_frames=4, seed=3)
+    epochs = {}
+    for workers in (0, 2):
+        batches = list(_loader(train_ds, 8, True, workers, seed=3001))
+        epochs[workers] = (torch.cat([c for c, _ in batches]), torch.cat([y for _, y in batches]))
+    assert epochs[0][0].shape == (32, 4, 3, 32, 32)
+    assert torch.equal(epochs[0][1], epochs[2][1]) and torch.equal(epochs[0][0], epochs[2][0])
+    again = torch.cat([c for c, _ in _loader(train_ds, 8, True, 0, seed=3002)])
+    assert not torch.equal(again, epochs[0][0]), "another epoch draws other clips"
+
+
+def test_data_workers_default_to_the_trials_cpus_minus_one():
+    from harness.train import loader_workers
+
+    assert _cfg().data.workers is None
+    assert [loader_workers(None, c) for c in (1, 2, 8, 0.5)] == [0, 1, 7, 0]
+    assert loader_workers(3, 8) == 3 and loader_workers(0, 8) == 0
+
+
+def test_progress_within_an_epoch(tmp_path):
+    cfg = _cfg(epochs=2)
+    lines = []
+    fit(_model(cfg), cfg, seed=0, device=torch.device("cpu"), on_progress=lines.append, progress_every_s=1e-9)
+    assert [(p["epoch"], p["batch"]) for p in lines] == [(e, b) for e in (1, 2) for b in (1, 2, 3, 4)]
+    assert all(p["batches"] == 4 and p["clips_per_s"] > 0 and math.isfinite(p["loss"]) for p in lines)
+    assert lines[-1]["eta_s"] == 0 and lines[0]["eta_s"] > lines[4]["eta_s"] > 0

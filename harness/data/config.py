@@ -41,7 +41,8 @@ class DataConfig(BaseModel):
                      left/right classes, so it needs flip_label_map; synthetic uses its own map
       flip_label_map label pairs swapped by a flip: {a: b}, [[a, b], ...], a JSON file of either,
                      or "auto" (pair category names that differ only by left <-> right)
-      workers        DataLoader worker processes (default 0: load in the training process)
+      workers        DataLoader worker processes (default: the trial's CPUs, --cpus-per-trial,
+                     minus one for the training process; 0 loads in the training process)
 
     Real datasets (required: root, train_list, val_list, categories; relative paths are
     resolved against root, and so are the folders/videos named in the lists):
@@ -71,7 +72,8 @@ class DataConfig(BaseModel):
     multiscale: bool | None = None
     flip: bool = False
     flip_label_map: Union[_Lax[dict[int, int]], _Lax[list[tuple[int, int]]], str, None] = None
-    workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes")
+    workers: int | None = Field(None, ge=0, le=256, description=(
+        "DataLoader worker processes; default (None): the trial's CPUs (--cpus-per-trial) minus one"))
 
     root: _Lax[Path] | None = None
     train_list: _Lax[Path] | None = None

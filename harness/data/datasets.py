@@ -8,12 +8,14 @@ Every read error surfaces as ``DataError`` with the path: no sample is ever sile
 """
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import re
 from pathlib import Path
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
 from PIL import Image
@@ -199,33 +201,114 @@ class FrameFolders(Listed):
 
 
 class VideoFiles(Listed):
-    """Kinetics / Diving48 style: one video file per sample, decoded with PyAV."""
+    """Kinetics / Diving48 style: one video file per sample, decoded with PyAV.
+
+    Frame positions come from the container's frame count (without one, as in Matroska, from the
+    frames the video holds). ``seek=True`` (the default) decodes only what a clip needs
+    (``decode_seeking``); ``seek=False`` decodes every frame from the first up to the last one
+    needed (``decode_sequential``, the reference: a test pins the two to the same pixels)."""
+
+    def __init__(self, samples, seek: bool = True):
+        super().__init__(samples)
+        self.seek = seek
 
     def read(self, i: int, clips: list[np.ndarray]) -> list[np.ndarray]:
         path = self.samples[i][0]
-        try:
-            with open_video(path) as container:
-                stream = container.streams.video[0]
-                # Frame positions come from the container's frame count; decoding stops after the
-                # last frame a clip needs. Without a count (Matroska), the whole video is counted.
-                claimed = stream.frames
-                last = max(int(tf.frame_indices(p, claimed).max()) for p in clips) if claimed > 0 else None
-                frames = []
-                try:
-                    for frame in container.decode(stream):
-                        frames.append(frame)
-                        if last is not None and len(frames) > last:
-                            break
-                except av.FFmpegError as exc:
-                    raise DataError(decode_failure(path, len(frames), claimed, exc)) from None
-        except DataError:
-            raise
-        except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
-            raise DataError(f"{path}: cannot decode video: {exc}") from None
-        check_decoded(path, len(frames), claimed, last)
-        n = claimed if claimed > 0 else len(frames)
-        return [np.stack([frames[k].to_ndarray(format="rgb24") for k in tf.frame_indices(p, n)]).transpose(0, 3, 1, 2)
-                for p in clips]
+        frames = decode_seeking(path, clips) if self.seek else None
+        # Anything irregular (a frame the file lacks, damage, a seek that lands elsewhere) goes to
+        # the sequential decoder: it reads the file, or says what is wrong with it.
+        return frames if frames is not None else decode_sequential(path, clips)
+
+
+def decode_sequential(path: Path, clips: list[np.ndarray]) -> list[np.ndarray]:
+    """uint8 (T, 3, H, W) per clip (an array of positions): every frame decoded from the first up
+    to the last one a clip needs."""
+    try:
+        with open_video(path) as container:
+            stream = container.streams.video[0]
+            claimed = stream.frames
+            last = max(int(tf.frame_indices(p, claimed).max()) for p in clips) if claimed > 0 else None
+            frames = []
+            try:
+                for frame in container.decode(stream):
+                    frames.append(frame)
+                    if last is not None and len(frames) > last:
+                        break
+            except av.FFmpegError as exc:
+                raise DataError(decode_failure(path, len(frames), claimed, exc)) from None
+    except DataError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
+        raise DataError(f"{path}: cannot decode video: {exc}") from None
+    check_decoded(path, len(frames), claimed, last)
+    n = claimed if claimed > 0 else len(frames)
+    return [np.stack([frames[k].to_ndarray(format="rgb24") for k in tf.frame_indices(p, n)]).transpose(0, 3, 1, 2)
+            for p in clips]
+
+
+def decode_seeking(path: Path, clips: list[np.ndarray]) -> list[np.ndarray] | None:
+    """What ``decode_sequential`` returns, for less decoding; None when the file is anything but
+    regular. One pass over the packets (nothing decoded) gives each frame's time and the
+    keyframes. Decoding starts at the keyframe before the first frame needed and goes on while
+    the next needed frame is nearer than its own keyframe, else seeks there; it stops once the
+    last needed frame is out. Frames no other frame refers to are skipped unless needed, and the
+    frames kept share one colour conversion."""
+    try:
+        with open_video(path) as container:
+            stream = container.streams.video[0]
+            packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size]
+            times = sorted(t for t, _ in packets if t is not None)  # frame k is shown at times[k]
+            keys = sorted(t for t, key in packets if key and t is not None)
+            n = stream.frames if stream.frames > 0 else len(times)
+            indices = [tf.frame_indices(p, n) for p in clips]
+            if (len(times) != len(packets) or len(set(times)) != len(times) or not keys
+                    or max(int(k.max()) for k in indices) >= len(times)):
+                return None
+            targets = sorted({times[k] for ks in indices for k in ks})
+            if keys[0] > targets[0]:
+                return None
+            out = _decode_at(container, stream, targets, keys)
+    except (av.FFmpegError, OSError, ValueError, IndexError):
+        return None
+    if out is None:
+        return None
+    return [np.stack([out[times[k]] for k in ks]).transpose(0, 3, 1, 2) for ks in indices]
+
+
+def _decode_at(container, stream, targets: list[int], keys: list[int]) -> dict[int, np.ndarray] | None:
+    """{time: rgb frame} for the frame times ``targets`` (sorted), given the keyframe times."""
+    def keyframe_before(t: int) -> int:
+        return keys[bisect.bisect_right(keys, t) - 1]
+
+    needed, out = set(targets), {}
+    rgb = VideoReformatter()  # one conversion context for all frames: a frame's own is built anew each time
+    j = 0  # targets[:j] are out
+    while j < len(targets):
+        container.seek(keyframe_before(targets[j]), stream=stream, backward=True, any_frame=False)
+        last = None  # time of the last frame out since the seek
+        for packet in container.demux(stream):
+            # A packet's pts is its own frame's; the final flush packet has none.
+            keep = packet.pts is None or packet.pts in needed
+            stream.codec_context.skip_frame = "DEFAULT" if keep else "NONREF"
+            for frame in packet.decode():
+                if last is None and frame.pts > targets[j]:
+                    return None  # the seek landed past the frame
+                last = frame.pts
+                if last in needed:
+                    out[last] = rgb.reformat(frame, format="rgb24").to_ndarray()
+            while j < len(targets) and targets[j] in out:
+                j += 1
+            if j == len(targets):
+                break
+            if last is None:
+                continue
+            if last >= targets[j]:
+                return None  # the decoder went past a needed frame without producing it
+            if keyframe_before(targets[j]) > last:
+                break  # the next frame is nearer from its own keyframe: seek there
+        else:
+            return None  # the file ended first
+    return out
 
 
 # Checks any video decoder here calls (a seeking one too): nothing decoded is ever stretched over
@@ -290,7 +373,9 @@ class ClipDataset(Dataset):
     def label(self, i: int) -> int:
         return self.source.label(i)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, index: int | tuple[int, int]):
+        """``index``: a sample, or (sample, draw) with the draw that seeds its augmentation."""
+        i, draw = index if isinstance(index, tuple) else (index, None)
         if not 0 <= i < len(self):
             raise IndexError(i)
         label = self.label(i)
@@ -301,9 +386,12 @@ class ClipDataset(Dataset):
                 x = tf.resize_short(tf.to_float(frames), self.cfg.resize_to)
                 views += tf.crops(x, self.cfg.crop_size, self.num_crops)
             return tf.normalise(torch.stack(views)), label
-        # Augmentation draws from torch's RNG (seeded per DataLoader worker and by
-        # torch.manual_seed), so every epoch sees new draws and runs stay reproducible.
-        rng = np.random.default_rng([self.seed, i, int(torch.randint(2**62, ()))])
+        # Without a draw, augmentation draws from torch's RNG (seeded per DataLoader worker and
+        # by torch.manual_seed); training passes draws made in one place (``AugmentedSampler``),
+        # so a run's clips do not depend on how many workers loaded them.
+        if draw is None:
+            draw = int(torch.randint(2**62, ()))
+        rng = np.random.default_rng([self.seed, i, draw])
         (frames,) = self.source.read(i, [tf.train_positions(self.num_frames, rng)])
         x = tf.to_float(frames)
         if self.cfg.use_multiscale:
