@@ -23,6 +23,7 @@ import csv
 import hashlib
 import itertools
 import json
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -179,7 +180,8 @@ class ModelConfig(_Strict):
     fusion: Literal["learned", "sum"] = "learned"
     placement: str | None = None
     num_blocks: int | None = Field(None, ge=0, le=64, description="only the last N blocks get a module (None: all)")
-    pretrained: str | None = None
+    pretrained: str | None = Field(None, description=(
+        "local file of ImageNet weights (never downloaded); relative: to the directory the sweep command runs in"))
     width_mult: float = Field(1.0, ge=1 / 64, le=4, description="backbone channel multiplier (thin CPU stand-ins)")
     dropout: float = Field(0.5, ge=0, lt=1)
     channel_shuffle: bool = False
@@ -432,8 +434,26 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def load_spec(path: str | Path, profile: str | None = None) -> Spec:
-    """Read, validate and expand ``path``; ``profile`` defaults to ``smoke`` when the spec has one."""
+# Config keys that hold file paths. A relative one is taken from the directory the command runs
+# in, here in the driver: a Ray trial runs in a folder of its own. Paths inside ``data``
+# other than ``root`` (lists, categories, a flip map file) are relative to ``root``.
+PATH_KEYS = (("data", "root"), ("model", "pretrained"))
+
+
+def absolute_paths(config: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``config`` (a resolved trial config) with every ``PATH_KEYS`` value made absolute."""
+    for section, key in PATH_KEYS:
+        value = config.get(section, {}).get(key)
+        if isinstance(value, str) and value:
+            config[section][key] = str(Path(os.path.normpath(base / Path(value).expanduser())))
+    return config
+
+
+def load_spec(path: str | Path, profile: str | None = None, cwd: str | Path | None = None) -> Spec:
+    """Read, validate and expand ``path``; ``profile`` defaults to ``smoke`` when the spec has one.
+    Relative data and weight paths (``PATH_KEYS``) resolve against ``cwd``, by default the
+    directory the command runs in."""
+    cwd = Path(cwd or Path.cwd()).resolve()
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: {'a folder, not a spec file' if path.is_dir() else 'spec file not found'}")
@@ -499,7 +519,7 @@ def load_spec(path: str | Path, profile: str | None = None) -> Spec:
             except ValueError as e:
                 raise SpecError(f"{path}: {where}: model.placement: {e}") from None
             for seed in spec.seeds:
-                config = resolved.model_dump(mode="json")
+                config = absolute_paths(resolved.model_dump(mode="json"), cwd)
                 config["seed"] = seed
                 trials.append(Trial(config, variant.name, axes, seed, variant.paper_row, variant.baseline))
                 declared.append({**variant.set, **axes})

@@ -276,3 +276,21 @@ def test_colliding_grid_points_are_named_with_the_key(tmp_path):
                         "axes": {"model.num_frames": [4, 8]}}}
     _refused(_write(tmp_path, content), "'GSM num_frames=4 seed=0' and 'plain num_frames=4 seed=0'",
              "model.fusion: 'sum' vs 'unset', both 'sum'")
+
+
+def test_relative_data_and_weight_paths_resolve_against_the_command_directory(tmp_path, monkeypatch):
+    """A Ray trial runs in a folder of its own: the driver makes the paths absolute (issue 9)."""
+    spec = load_spec(ROOT / "ablations" / "table5_components.yaml", "paper", cwd=tmp_path)
+    assert {t.config["data"]["root"] for t in spec.trials} == {str(tmp_path / "data" / "something-v1")}
+    assert spec.trials[0].config["data"]["train_list"] == "train_videofolder.txt"  # relative to root, as documented
+    monkeypatch.chdir(tmp_path)
+    assert load_spec(ROOT / "ablations" / "table5_components.yaml", "paper").trials[0].config == spec.trials[0].config
+    other = load_spec(ROOT / "ablations" / "table5_components.yaml", "paper", cwd=tmp_path / "elsewhere")
+    assert other.trials[0].hash != spec.trials[0].hash, "another folder's data is another trial"
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump({"base": {"model": {"pretrained": "../weights/r50.pth"},
+                                             "data": {"dataset": "kinetics400", "root": "/abs/k400", "train_list": "t",
+                                                      "val_list": "v", "categories": "c"}}}))
+    config = load_spec(path, cwd=tmp_path / "run").trials[0].config
+    assert config["model"]["pretrained"] == str(tmp_path / "weights" / "r50.pth")
+    assert config["data"]["root"] == "/abs/k400"

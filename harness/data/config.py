@@ -44,8 +44,9 @@ class DataConfig(BaseModel):
       workers        DataLoader worker processes (default: the trial's CPUs, --cpus-per-trial,
                      minus one for the training process; 0 loads in the training process)
 
-    Real datasets (required: root, train_list, val_list, categories; relative paths are
-    resolved against root, and so are the folders/videos named in the lists):
+    Real datasets (required: root, train_list, val_list, categories; a relative root is taken
+    from the directory the sweep command runs in, other relative paths and the folders/videos
+    named in the lists from root):
       train_list / val_list   frames: "folder num_frames label" lines; videos: "path label" lines
       categories              one class name per line; its line count is num_classes
       frame_template          frame file names inside a folder, 1-based
@@ -75,10 +76,11 @@ class DataConfig(BaseModel):
     workers: int | None = Field(None, ge=0, le=256, description=(
         "DataLoader worker processes; default (None): the trial's CPUs (--cpus-per-trial) minus one"))
 
-    root: _Lax[Path] | None = None
-    train_list: _Lax[Path] | None = None
-    val_list: _Lax[Path] | None = None
-    categories: _Lax[Path] | None = None
+    root: _Lax[Path] | None = Field(None, description=(
+        "the dataset's folder; relative: to the directory the sweep command runs in"))
+    train_list: _Lax[Path] | None = Field(None, description="training list file; relative: to root")
+    val_list: _Lax[Path] | None = Field(None, description="validation list file; relative: to root")
+    categories: _Lax[Path] | None = Field(None, description="class names, one a line; relative: to root")
     frame_template: str | None = None
 
     num_classes: int = Field(12, ge=2, le=MAX_CLASSES, description="synthetic classes (even)")
