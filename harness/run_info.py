@@ -1,10 +1,14 @@
 """What a trial records about itself besides its metrics: what its module computes, the machine
-it ran on, how many trials shared that machine's CPU, and its evaluation's per-class data.
+it ran on, how many trials shared that machine's CPU, where it ran and which code ran it, and its
+evaluation's per-class data.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
 import os
 import platform
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,38 @@ def fingerprint() -> dict[str, str]:
         out["hw.gpu"] = torch.cuda.get_device_name(0)
         out["sw.cuda"] = str(torch.version.cuda)
     return out
+
+
+# The project's packages: a sweep ships them to every Ray worker (``runtime_env``'s py_modules),
+# so a node needs no checkout; ``code_digest`` says which copy a trial imported.
+SHIPPED_PACKAGES = ("gsf", "harness", "reports")
+
+
+def code_digest() -> str:
+    """sha256 (12 hex digits) of the .py files of ``SHIPPED_PACKAGES`` as this process imports them:
+    on a worker, the copies the driver shipped. Equal to the driver's when the code is the same."""
+    digest = hashlib.sha256()
+    for name in SHIPPED_PACKAGES:
+        root = Path(importlib.import_module(name).__file__).parent
+        for file in sorted(root.rglob("*.py")):
+            digest.update(f"{name}/{file.relative_to(root).as_posix()}\0".encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def where_it_runs() -> dict[str, str]:
+    """The host, the Ray node (outside Ray: none), the digest of the code this process runs and
+    where that code is (on a Ray worker, the copy runtime_env shipped)."""
+    tags = {"host": socket.gethostname(), "ray_node_id": "none", "code_digest": code_digest(),
+            "code_path": str(Path(importlib.import_module("harness").__file__).parent.parent)}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            tags["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 (no Ray, or not in a Ray worker)
+        pass
+    return tags
 
 
 def trial_params(job: dict[str, Any]) -> dict[str, str]:

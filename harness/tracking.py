@@ -28,13 +28,33 @@ PROBE_TIMEOUT_S = 10  # an MLflow server answers in milliseconds; MLflow's own r
 
 
 def tracking_uri(results_dir: str | Path) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else a sqlite store under the results dir (absolute path)."""
+    """``MLFLOW_TRACKING_URI`` if set (a relative sqlite or file path made absolute, see
+    ``absolute_uri``), else a sqlite store under the results dir."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        return uri
+        return absolute_uri(uri, Path.cwd())
     path = Path(results_dir).resolve() / "mlflow.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def absolute_uri(uri: str, cwd: Path) -> str:
+    """``uri`` with a relative local path taken from ``cwd``: ``sqlite:///rel.db`` (three slashes
+    and a relative path), ``file:rel`` or a bare path. A trial runs in a folder of its own, where
+    the same relative path would open a new, empty store."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path, sep, query = uri.removeprefix("sqlite:///").partition("?")
+        return f"sqlite:///{os.path.normpath(cwd / path)}{sep}{query}"
+    if uri.startswith("file:") and not uri.startswith("file:/"):
+        return (cwd / uri.removeprefix("file:")).resolve().as_uri()
+    if "://" not in uri and not uri.startswith(("databricks", "file:", "sqlite:")) and not Path(uri).is_absolute():
+        return str((cwd / uri).resolve())
+    return uri
+
+
+def is_local_store(uri: str) -> bool:
+    """A store that lives in a file on the driver's disk (sqlite, a folder): other nodes cannot share it."""
+    return uri.startswith(("sqlite:", "file:")) or ("://" not in uri and not uri.startswith("databricks"))
 
 
 def open_store(uri: str) -> MlflowClient:
@@ -181,6 +201,28 @@ def close_children(client: MlflowClient, parent_run_id: str, status: str = "KILL
     return len(runs)
 
 
+def run_to_continue(client: MlflowClient, experiment: str, trial_hash: str, parent_run_id: str | None,
+                    checkpoint_run_id: str | None) -> str | None:
+    """The run a trial starting now continues: this sweep's run of the trial (an earlier attempt,
+    lost with its node or failed), else the unfinished run its checkpoint was written by (a
+    sweep stopped or killed earlier, whose runs the next driver closed as KILLED); else None."""
+    if parent_run_id:
+        runs = client.search_runs([experiment], f"tags.trial_hash = '{trial_hash}' and "
+                                  f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            return runs[0].info.run_id
+    if checkpoint_run_id:
+        try:
+            run = client.get_run(checkpoint_run_id)
+        except Exception:  # noqa: BLE001 (another store: the checkpoint outlived its run)
+            return None
+        if (run.info.experiment_id == experiment and run.data.tags.get("trial_hash") == trial_hash
+                and run.info.status != "FINISHED"):
+            return checkpoint_run_id
+    return None
+
+
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in config.items():
@@ -197,18 +239,34 @@ FIRST_METRICS = ("top1", "params_M", "GFLOPs", "latency_x")
 
 
 class TrialRun:
-    """The child run of one trial. Metrics are logged in batches (one call per epoch)."""
+    """The child run of one trial. Metrics are logged in batches (one call per epoch).
+
+    A trial that runs again continues its run (``run_to_continue``): the same run holds every
+    attempt's epochs, and ``earlier`` holds the tags it had (empty for a new run)."""
 
     def __init__(self, uri: str, spec_name: str, parent_run_id: str | None, run_name: str,
-                 params: dict[str, Any], tags: dict[str, str]):
+                 params: dict[str, Any], tags: dict[str, str], checkpoint_run_id: str | None = None):
         self.client = MlflowClient(uri)
         exp = experiment_id(self.client, spec_name)
         all_tags = {"kind": "trial", "spec": spec_name, **tags}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        self.run_id = self.client.create_run(exp, run_name=run_name, tags=all_tags).info.run_id
-        flat = flatten(params)
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in flat.items()])
+        self.run_id = run_to_continue(self.client, exp, tags["trial_hash"], parent_run_id, checkpoint_run_id)
+        self.earlier: dict[str, str] = {}
+        if self.run_id is None:
+            self.run_id = self.client.create_run(exp, run_name=run_name, tags=all_tags).info.run_id
+            flat = flatten(params)
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in flat.items()])
+            return
+        self.earlier = self.client.get_run(self.run_id).data.tags
+        self.client.update_run(self.run_id, status="RUNNING")
+        for stale in ("error", "traceback"):  # an earlier attempt's failure
+            if stale in self.earlier:
+                self.client.delete_tag(self.run_id, stale)
+        self.set_tags(all_tags)
+
+    def logged_steps(self, metric: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(self.run_id, metric)}
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)

@@ -2,12 +2,20 @@
 
 ``run_trial`` is a plain function of a config dict (the Ray Tune trainable), and runs the same
 way outside Ray (``report`` defaults to a no-op), which is how the tests call it.
+
+Checkpoints go through Ray Tune: after every epoch the trial reports its training state as a
+``Checkpoint`` (Ray copies it to the sweep's storage), then logs the epoch to MLflow. A trial
+that starts from a checkpoint (a retry after its node was lost, or a later sweep) continues the
+run that checkpoint belongs to and first logs the epochs that run lacks, so one run per trial
+holds every epoch, whichever nodes and sweeps ran them.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -15,10 +23,15 @@ from typing import Any, Callable
 import torch
 
 from gsf import build_model
+from harness import storage
 from harness.measure import measure, relative_cost
+from harness.run_info import log_evaluation, trial_params, trial_tags, where_it_runs
 from harness.spec import TrialConfig
-from harness.run_info import log_evaluation, trial_params, trial_tags
 from harness.tracking import TrialRun
+
+# What a trial's reports carry besides its metrics (Ray Tune adds its own, AUTO_RESULT_KEYS).
+INFO_KEYS = ("epoch", "run_id", "host", "ray_node_id", "code_digest", "code_path", "attempt", "final", "progress",
+             "batch", "batches", "eta_s", "clips_per_s", "loss")
 
 
 def describe_device(device: torch.device) -> str:
@@ -27,24 +40,79 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def run_trial(job: dict[str, Any], report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The trial's own numbers in one of its Ray Tune results."""
+    from ray.tune.result import AUTO_RESULT_KEYS
+
+    skip = set(AUTO_RESULT_KEYS) | set(INFO_KEYS) | {"done", "trial_id", "experiment_tag"}
+    return {k: float(v) for k, v in result.items()  # "config/..." columns: Ray's copy of the config
+            if k not in skip and "/" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def identity(job: dict[str, Any], device_name: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The params and tags of a trial's MLflow run (also what the driver writes when it recovers
+    a run from Ray's results)."""
+    seed = str(int(job["config"].get("seed", 0)))
+    params = {**job["config"], "measure_only": job["measure_only"], **trial_params(job)}
+    tags = {"trial_hash": job["hash"], "profile": job.get("profile", ""), "variant": job.get("variant", ""),
+            "seed": seed, "device": device_name, "git_commit": job.get("git_commit", "unknown"),
+            "measure_only": str(job["measure_only"])}
+    return params, tags
+
+
+def restore(checkpoint, folder: Path, trial_hash: str) -> dict[str, Any]:
+    """Download ``checkpoint`` (a ``ray.tune.Checkpoint`` or None) into ``folder``; its meta (empty
+    without one). A checkpoint of another trial is a bug in the caller: fail."""
+    if checkpoint is None:
+        return {}
+    checkpoint.to_directory(str(folder))
+    meta = json.loads((folder / storage.META).read_text())
+    if meta.get("trial_hash") != trial_hash:
+        raise RuntimeError(f"checkpoint {checkpoint.path} is of trial {meta.get('trial_hash')}, not {trial_hash}")
+    return meta
+
+
+def check_storage(job: dict[str, Any], host: str) -> None:
+    """Fail at once, naming this node, when it cannot see the sweep's storage: its checkpoints
+    would go to a disk no other node reads."""
+    marker = job.get("storage_marker")
+    if marker and storage.read_text(marker) is None:
+        raise RuntimeError(f"this node ({host}) does not see the sweep's storage {job['storage']} ({marker} is "
+                           "missing here): --storage must be a folder every node mounts (NFS) or s3://...")
+
+
+def run_trial(job: dict[str, Any], report: Callable[..., None] | None = None, checkpoint=None) -> dict[str, Any]:
     """``job``: the trial's resolved ``config`` and ``hash``, plus where to log (``tracking_uri``,
-    ``parent_run_id``, ``spec``, ``results_dir``) and what to do (``measure_only``). With
-    ``baseline_model`` (the ``model`` section of the variant's baseline), the trial also times that
-    model alternately with its own and reports ``latency_x`` / ``train_step_x``."""
-    report = report or (lambda metrics: None)
+    ``parent_run_id``, ``spec``) and what to do (``measure_only``). With ``baseline_model`` (the
+    ``model`` section of the variant's baseline), the trial also times that model alternately with
+    its own and reports ``latency_x`` / ``train_step_x``.
+
+    ``report(metrics, checkpoint_dir=None)``: Ray Tune's report; a folder given is the trial's
+    checkpoint for that epoch. ``checkpoint``: a ``ray.tune.Checkpoint`` to resume from."""
+    report = report or (lambda metrics, checkpoint_dir=None: None)
     cfg = TrialConfig.model_validate({k: v for k, v in job["config"].items() if k != "seed"})
     seed = int(job["config"].get("seed", 0))
     use_cuda = torch.cuda.is_available() and job.get("gpus", 0) > 0
     device = torch.device("cuda" if use_cuda else "cpu")
-    run = TrialRun(
-        job["tracking_uri"], job["spec"], job.get("parent_run_id"), job["label"],
-        params={**job["config"], "measure_only": job["measure_only"], **trial_params(job)},
-        tags={"trial_hash": job["hash"], "profile": job.get("profile", ""), "variant": job.get("variant", ""),
-              "seed": str(seed), "device": describe_device(device), "git_commit": job.get("git_commit", "unknown"),
-              "measure_only": str(job["measure_only"]), **trial_tags(job, device)},
-    )
-    if not job["measure_only"]:
+    here = where_it_runs()
+    with tempfile.TemporaryDirectory(prefix="gsf-trial-") as work:
+        work = Path(work)
+        if not job["measure_only"]:
+            check_storage(job, here["host"])
+        meta = restore(checkpoint, work, job["hash"])
+        params, tags = identity(job, describe_device(device))
+        run = TrialRun(job["tracking_uri"], job["spec"], job.get("parent_run_id"), job["label"], params,
+                       {**tags, **trial_tags(job, device), **here}, checkpoint_run_id=meta.get("run_id"))
+        attempt = int(run.earlier.get("attempt", 0)) + 1
+        where = f"{here['host']} (Ray node {here['ray_node_id'][:12]}) from epoch {meta.get('epoch', 0) + 1}"
+        attempts = "; ".join(filter(None, [run.earlier.get("attempts"), f"{attempt}: {where}"]))
+        run.set_tags({"attempt": attempt, "attempts": attempts})
+        info = {"run_id": run.run_id, "attempt": attempt, **here}
+        return _run(job, cfg, seed, device, run, meta, work, info, report)
+
+
+def _run(job, cfg, seed, device, run: TrialRun, meta: dict, work: Path, info: dict, report) -> dict[str, Any]:
+    if not job["measure_only"] and not run.earlier:
         run.log_metrics({"top1": math.nan})  # not evaluated yet; first, so that MLflow's compare page plots it
     try:
         torch.manual_seed(seed)
@@ -63,25 +131,7 @@ def run_trial(job: dict[str, Any], report: Callable[[dict[str, Any]], None] | No
         run.set_tags({k: v for k, v in measured.items() if isinstance(v, str)})
         result = dict(metrics)
         if not job["measure_only"]:
-            from harness.train import fit
-
-            ckpt_dir = Path(job["results_dir"]) / job["spec"] / "checkpoints" / job["hash"]
-
-            epochs_run = []
-
-            def on_epoch(epoch_metrics: dict[str, float], epoch: int) -> None:
-                epochs_run.append(epoch)
-                run.log_metrics(epoch_metrics, step=epoch)
-                report({**result, **epoch_metrics, "epoch": epoch})
-
-            # Per-epoch metrics are already logged (step = epoch); the last epoch's are the result.
-            trained = fit(model, cfg, seed=seed, device=device, checkpoint_dir=ckpt_dir, on_epoch=on_epoch,
-                          on_evaluate=lambda details, epoch: log_evaluation(run, details))
-            if not epochs_run:
-                # The checkpoint already held the last epoch (its driver died before the run was
-                # closed): no epoch ran here, so this run gets the result now, or it has no top1.
-                run.log_metrics(trained, step=cfg.train.epochs)
-            result.update(trained)
+            result.update(_train(job, cfg, seed, device, model, run, meta, work, info, result, report))
     except SystemExit as e:
         # Ray Tune stops a trial by raising SystemExit(0) inside report(): not a failure.
         run.end("KILLED" if e.code in (0, None) else "FAILED")
@@ -92,13 +142,58 @@ def run_trial(job: dict[str, Any], report: Callable[[dict[str, Any]], None] | No
         raise
     run.end("FINISHED")
     # The last report comes after the run is closed: Ray may end the trial inside it.
-    report(result)
+    report({**result, **info, "final": True})
     return result
 
 
+def _train(job, cfg, seed, device, model, run: TrialRun, meta: dict, work: Path, info: dict, measured: dict,
+           report) -> dict[str, float]:
+    from harness.train import fit, loader_workers
+
+    # Epochs the checkpoint holds but this run lacks: a new run (another store, or the old run
+    # deleted), or a node lost between the checkpoint and the MLflow write.
+    logged = run.logged_steps("train_loss")
+    for past in meta.get("history", []):
+        if past["epoch"] not in logged:
+            run.log_metrics({k: v for k, v in past.items() if k != "epoch"}, step=past["epoch"])
+
+    def on_epoch(epoch_metrics: dict[str, float], epoch: int) -> None:
+        history = meta.setdefault("history", [])
+        history.append(dict(epoch_metrics))
+        state = work / storage.STATE
+        meta.update(trial_hash=job["hash"], run_id=run.run_id, epoch=epoch, state_bytes=state.stat().st_size)
+        (work / storage.META).write_text(json.dumps(meta))
+        # Ray copies the checkpoint to storage before report returns; only then does MLflow get
+        # the epoch, so a run never shows an epoch that no checkpoint holds.
+        report({**measured, **epoch_metrics, **info, "epoch": epoch}, checkpoint_dir=work)
+        run.log_metrics(epoch_metrics, step=epoch)
+
+    def on_progress(p: dict) -> None:
+        step = (p["epoch"] - 1) * p["batches"] + p["batch"]
+        run.log_metrics({"progress_loss": p["loss"], "progress_clips_per_s": p["clips_per_s"]}, step=step)
+        report({**info, **p, "progress": True})
+
+    cpus = job.get("cpus_per_trial", 1)
+    run.set_tags({"data_workers": loader_workers(cfg.data.workers, cpus)})
+    trained = fit(model, cfg, seed=seed, device=device, checkpoint_dir=work, on_epoch=on_epoch,
+                  on_evaluate=lambda details, epoch: log_evaluation(run, details), cpus=cpus,
+                  on_progress=on_progress, progress_every_s=job.get("progress_every_s", 30.0))
+    run.log_metrics({"epochs": trained["epochs"]})
+    return trained
+
+
 def tune_trainable(config: dict[str, Any]) -> None:
-    """The Ray Tune entry point: ``config["job"]`` is one job dict from the sweep."""
-    from ray.tune import report
+    """The Ray Tune entry point: ``config["job"]`` is one job dict from the sweep. It resumes from
+    Tune's own latest checkpoint (a retry) or else from the one an earlier sweep left."""
+    from ray import tune
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    run_trial(config["job"], report=lambda metrics: report(metrics))
+    job = config["job"]
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None and job.get("resume_from"):
+        checkpoint = tune.Checkpoint(job["resume_from"])
+
+    def report(metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None)
+
+    run_trial(job, report=report, checkpoint=checkpoint)
