@@ -8,7 +8,7 @@ RESULTS     ?= results
 SWEEP_ARGS  ?=
 SWEEP       := RAY_AUTH_MODE=disabled RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 $(PY) -m harness.sweep
 
-.PHONY: install test test-slow mlflow-ui report report-screenshot clean \
+.PHONY: install test test-slow mlflow-ui mlflow-server report report-screenshot clean \
         ablation-table1 ablation-table2 ablation-table3 ablation-table4 ablation-table5 \
         ablation-table6 ablation-table7 ablation-shift-ratio ablation-table12
 
@@ -61,6 +61,20 @@ report-screenshot: report
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
 	  --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(abspath $(RESULTS))/mlflow.db}
+
+# The tracking server every node of a Ray cluster logs to (a sweep with --address needs one; see
+# README, "Running on a cluster"): bound to MLFLOW_HOST:MLFLOW_PORT, answering the host names in
+# MLFLOW_ALLOWED_HOSTS (MLflow refuses any other Host header; entries match HOST:PORT, * is a wildcard), runs in a sqlite file and artifacts
+# under $(RESULTS)/mlflow-server/ on this machine. Then, for the driver:
+#   MLFLOW_TRACKING_URI=http://THIS_HOST:$(MLFLOW_PORT) make ablation-table5 SWEEP_ARGS="--address HEAD:6379 --storage /nfs/..."
+MLFLOW_HOST          ?= 0.0.0.0
+MLFLOW_PORT          ?= 5000
+MLFLOW_ALLOWED_HOSTS ?= localhost:*,127.0.0.1:*,$(shell hostname):*,$(shell hostname -f 2>/dev/null):*,10.*,172.*,192.168.*
+mlflow-server: $(STAMP)
+	mkdir -p $(abspath $(RESULTS))/mlflow-server
+	$(VENV)/bin/mlflow server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --allowed-hosts '$(MLFLOW_ALLOWED_HOSTS)' \
+	  --backend-store-uri sqlite:///$(abspath $(RESULTS))/mlflow-server/mlflow.db \
+	  --artifacts-destination $(abspath $(RESULTS))/mlflow-server/artifacts
 
 clean:
 	rm -rf $(RESULTS) .pytest_cache

@@ -1,13 +1,17 @@
 """Run a sweep spec: one Ray Tune trial per grid point, MLflow runs, the rendered table.
 
     python -m harness.sweep SPEC.yaml [--profile NAME] [--measure-only] [--results-dir DIR]
-        [--address ADDR] [--cpus-per-trial N] [--gpus-per-trial G] [--fresh] [--dry-run]
+        [--address ADDR] [--storage PATH|s3://...] [--cpus-per-trial N] [--gpus-per-trial G]
+        [--max-failures N] [--progress-every S] [--fresh] [--dry-run]
 
 Exit status: 0 success, 2 bad spec, data or command line (one line), 1 when trials failed
-(listed), 130 when interrupted (Ctrl-C: what finished, what did not, how to resume).
-Finished trials (same config hash, FINISHED in MLflow) are not run again; an interrupted
-training trial resumes from its last epoch checkpoint. One driver at a time per results dir and
-spec: a second one exits 2 naming the first.
+(listed, with those whose results did not reach the driver's MLflow store), 130 when
+interrupted (Ctrl-C: what finished, what did not, how to resume).
+Finished trials (same config hash, FINISHED in MLflow) are not run again; an interrupted or
+retried training trial resumes from its last epoch checkpoint (Ray Tune's, in ``--storage``) on
+any node, and continues its MLflow run. One driver at a time per results dir and spec: a second
+one exits 2 naming the first. Relative paths in the spec and in MLFLOW_TRACKING_URI are taken
+from the directory the command runs in.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +48,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", help="profile of the spec to apply (default: smoke when defined)")
     p.add_argument("--measure-only", action="store_true", help="params, FLOPs and latency only; no training")
     p.add_argument("--results-dir", default="results", help="where tables, checkpoints, Ray and MLflow data go")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray); "
+                   "a cluster needs MLFLOW_TRACKING_URI=http://HEAD:PORT (make mlflow-server)")
+    p.add_argument("--storage", default=None, help="where Ray Tune keeps checkpoints: a folder every node sees "
+                   "(NFS) or s3://...; default RESULTS_DIR/ray")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0,
+                   help="CPUs Ray gives each trial; data.workers defaults to one fewer (DataLoader processes)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0)
-    p.add_argument("--fresh", action="store_true", help="re-run every trial, ignoring finished runs and checkpoints")
+    p.add_argument("--max-failures", type=int, default=None, help="times Ray retries a failed trial (a lost node) "
+                   "from its last checkpoint; default 1 on a cluster (--address), 0 on a local Ray")
+    p.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds between progress lines within an epoch (clips/s, loss, ETA); default 30")
+    p.add_argument("--fresh", action="store_true",
+                   help="re-run every trial, ignoring finished runs and deleting its checkpoints in --storage")
     p.add_argument("--dry-run", action="store_true",
                    help="check the spec, the data, the results dir and the store, list the trials, run nothing")
     args = p.parse_args(argv)
@@ -54,6 +68,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--cpus-per-trial must be a number > 0, got {args.cpus_per_trial}")
     if not (math.isfinite(args.gpus_per_trial) and args.gpus_per_trial >= 0):
         p.error(f"--gpus-per-trial must be a number >= 0, got {args.gpus_per_trial}")
+    if args.max_failures is not None and not 0 <= args.max_failures <= 100:
+        p.error(f"--max-failures must be 0 to 100, got {args.max_failures}")
+    if not (math.isfinite(args.progress_every) and 0 < args.progress_every <= 86400):
+        p.error(f"--progress-every must be seconds in (0, 86400], got {args.progress_every}")
+    args.cluster = args.address or (os.environ.get("RAY_ADDRESS") if os.environ.get("RAY_ADDRESS") != "local" else None)
+    if args.max_failures is None:
+        args.max_failures = 1 if args.cluster else 0
     return args
 
 
@@ -126,20 +147,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
+    # Every epoch checkpoints (CheckpointConfig(num_to_keep=1)): Tune then warns on each short epoch.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
         spec = load_spec(args.spec, args.profile)
         results_dir = check_results_dir(args.results_dir)
         lock = take_lock(results_dir / spec.name / "sweep.lock")  # noqa: F841 (held until exit)
 
-        from harness import tracking
+        from harness import run_info, storage, tracking
 
         uri = tracking.tracking_uri(results_dir)
+        if args.cluster and tracking.is_local_store(uri):
+            raise SpecError(f"MLflow store {uri}: a file on this machine, which the other nodes of the Ray cluster "
+                            f"({args.cluster}) cannot reach; a cluster needs a tracking server: start one on the head "
+                            "(make mlflow-server) and set MLFLOW_TRACKING_URI=http://HEAD:PORT")
+        store = storage.resolve(args.storage, results_dir)
         client = tracking.open_store(uri)
         stale = tracking.close_stale_runs(client, spec.name, str(results_dir))
         finished = {} if args.fresh else tracking.finished_trials(client, spec.name)
         todo = [t for t in spec.trials if _pick_runs(finished, t.hash, args.measure_only) is None]
-        if not args.measure_only:
-            check_data(spec, todo)
+        if not args.measure_only and not args.cluster:
+            check_data(spec, todo)  # on a cluster, on every node once Ray is up (check_nodes)
     except SpecError as e:
         print(f"harness.sweep: error: {e}", file=sys.stderr)
         return 2
@@ -150,15 +178,20 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         print(f"closed {stale} run(s) left RUNNING by an earlier driver of this results dir as KILLED", flush=True)
     mode = "measure-only" if args.measure_only else "train + measure"
+    resume = {} if args.fresh or args.measure_only else storage.latest(store, spec.name, {t.hash for t in todo})
     print(f"{spec.name} [profile {spec.profile or '-'}, {mode}]: {len(spec.trials)} trials, "
-          f"{len(spec.trials) - len(todo)} already finished, {len(todo)} to run", flush=True)
+          f"{len(spec.trials) - len(todo)} already finished, {len(todo)} to run"
+          + (f" ({len(resume)} from an earlier checkpoint)" if resume else ""), flush=True)
     if args.dry_run:
         for t in todo:
             print(f"  to run: {t.label} ({t.hash})")
+        if args.cluster and not args.measure_only:
+            print("  (on a cluster the data is checked on every node when the sweep starts)")
         return 0
-    if args.fresh:
-        for trial in spec.trials:
-            shutil.rmtree(results_dir / spec.name / "checkpoints" / trial.hash, ignore_errors=True)
+    if args.fresh and not args.measure_only:
+        gone = storage.forget(store, spec.name, {t.hash for t in spec.trials})
+        if gone:
+            print(f"--fresh: deleted the checkpoints of {gone} trial folder(s) in {store}/{spec.name}", flush=True)
 
     from reports.report import report_sweep, runs_view_url, ui_base, write_index
 
@@ -168,14 +201,27 @@ def main(argv: list[str] | None = None) -> int:
     parent = None
     if todo:
         status = "FAILED"
+        sweep_name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        marker = storage.join(store, spec.name, sweep_name, storage.MARKER)
         try:
+            try:
+                storage.write_text(marker, json.dumps({"driver": f"pid {os.getpid()} on {socket.gethostname()}"}))
+            except OSError as e:
+                raise SpecError(f"--storage {store}: cannot write {marker} there: {e}") from None
             _start_ray(args)
+            if args.cluster:
+                check_nodes(spec, todo, uri, marker, args)
             parent = tracking.start_parent(client, spec.name, {
                 "profile": spec.profile, "git_commit": commit, "spec_path": str(spec.path), "mode": mode,
-                "results_dir": str(results_dir), "driver": f"pid {os.getpid()} on {socket.gethostname()}"},
+                "results_dir": str(results_dir), "driver": f"pid {os.getpid()} on {socket.gethostname()}",
+                "storage": store, "code_digest": run_info.code_digest()},
                 tracking.local_artifact_location(uri, results_dir, spec.name))
-            jobs = [_job(spec, t, uri, parent, results_dir, args, commit) | {"sweep_trials": len(todo)} for t in todo]
-            errors, interrupted = _run_ray(spec, jobs, results_dir, args)
+            jobs = [_job(spec, t, uri, parent, results_dir, args, commit)
+                    | {"sweep_trials": len(todo), "storage": store, "storage_marker": marker,
+                       "resume_from": resume.get(t.hash)} for t in todo]
+            errors, interrupted, results = _run_ray(spec, jobs, store, sweep_name, args, client, uri)
+            if not interrupted:
+                errors += check_store(client, uri, results, spec.name, parent, args.measure_only)
             status = "KILLED" if interrupted else "FAILED" if errors else "FINISHED"
         except SpecError as e:
             print(f"harness.sweep: error: {e}", file=sys.stderr)
@@ -228,7 +274,7 @@ def _job(spec: Spec, trial, uri: str, parent: str, results_dir: Path, args, comm
         "config": trial.config, "hash": trial.hash, "label": trial.label, "variant": trial.variant,
         "spec": spec.name, "profile": spec.profile, "tracking_uri": uri, "parent_run_id": parent,
         "results_dir": str(results_dir), "measure_only": args.measure_only, "git_commit": commit,
-        "gpus": args.gpus_per_trial, "cpus_per_trial": args.cpus_per_trial,
+        "gpus": args.gpus_per_trial, "cpus_per_trial": args.cpus_per_trial, "progress_every_s": args.progress_every,
     }
     if trial.baseline:
         # The baseline's model at the same grid point: the trial times both side by side.
@@ -237,21 +283,93 @@ def _job(spec: Spec, trial, uri: str, parent: str, results_dir: Path, args, comm
     return job
 
 
+def runtime_env(extra_modules: list[Path] = ()) -> dict[str, Any]:
+    """What every Ray worker gets besides its own Python environment (which needs the project's
+    dependencies): the project's packages, uploaded by Ray from this checkout, so that no node
+    needs the checkout, let alone at the same path. ``extra_modules``: more local packages or
+    modules to ship the same way (a spec's own code).
+
+    The working_dir is an empty folder: without one, Ray puts the driver's current directory on
+    every worker's sys.path, ahead of the shipped packages, and a node with a checkout of its own
+    at that path (an older one, say) would import that instead."""
+    import importlib
+
+    from harness.run_info import SHIPPED_PACKAGES
+
+    global _EMPTY_DIR
+    if _EMPTY_DIR is None:
+        _EMPTY_DIR = tempfile.TemporaryDirectory(prefix="gsf-harness-wd-")
+    modules = [str(Path(importlib.import_module(name).__file__).parent) for name in SHIPPED_PACKAGES]
+    return {"py_modules": modules + [str(m) for m in extra_modules], "working_dir": _EMPTY_DIR.name,
+            "excludes": ["__pycache__", "*.pyc"]}
+
+
+_EMPTY_DIR: tempfile.TemporaryDirectory | None = None
+
+
 def _start_ray(args) -> None:
-    """Connect to (or start) Ray, and refuse requests no node of it could ever grant: Ray would
-    otherwise wait for ever, warning once a minute."""
+    """Connect to (or start) Ray with the project's code in its runtime_env, and refuse requests
+    no node of it could ever grant: Ray would otherwise wait for ever, warning once a minute."""
+    import logging
+
     import ray
 
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    logging.getLogger("ray._private.runtime_env.packaging").setLevel(logging.WARNING)  # a line per package shipped
+    if args.cluster:
+        ray.init(address=args.cluster, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env())
     else:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 runtime_env=runtime_env())
     problem = unschedulable([n["Resources"] for n in ray.nodes() if n.get("Alive")],
                             args.cpus_per_trial, args.gpus_per_trial)
     if problem:
         ray.shutdown()
         raise SpecError(problem)
+
+
+def check_nodes(spec: Spec, trials, uri: str, marker: str, args) -> None:
+    """On a cluster, what every node that could run a trial must see, checked there by a small
+    Ray task before any trial: the data (at the same absolute paths), the sweep's storage, and a
+    tracking server that is not each node's own localhost. One ``SpecError`` naming the node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= args.cpus_per_trial]
+    here = ray.util.get_node_ip_address()
+    host = urllib.parse.urlparse(uri).hostname or ""
+    if host in ("localhost", "::1") or host.startswith("127."):
+        others = sorted({n["NodeManagerAddress"] for n in nodes} - {here})
+        if others:
+            raise SpecError(f"MLFLOW_TRACKING_URI {uri} names each node's own machine, and nodes run at "
+                            f"{', '.join(others)} besides this one ({here}): use an address they all reach, "
+                            "http://HEAD_IP:PORT (make mlflow-server MLFLOW_HOST=0.0.0.0)")
+    data = [] if args.measure_only else [(t.label, t.config["data"], t.config["model"]["num_classes"]) for t in trials]
+    probe = ray.remote(num_cpus=0)(_node_problem)
+    answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                       .remote(spec.name, data, None if args.measure_only else marker) for n in nodes], timeout=600)
+    for node, problem in zip(nodes, answers):
+        if problem:
+            raise SpecError(f"node {node['NodeManagerAddress']} (Ray node {node['NodeID'][:12]}): {problem}")
+
+
+def _node_problem(spec_name: str, data: list, marker: str | None) -> str | None:
+    """Run on one node by ``check_nodes``: what is wrong there, or None."""
+    from harness import storage
+    from harness.data import DataConfig, DataError, check_data as check
+
+    if marker and storage.read_text(marker) is None:
+        return (f"does not see the sweep's storage ({marker} is missing there): --storage must be a folder every "
+                "node mounts (NFS) or s3://...")
+    seen = set()
+    for label, section, num_classes in data:
+        key = json.dumps([section, num_classes], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            try:
+                check(DataConfig.model_validate(section), num_classes)
+            except DataError as e:
+                return f"{spec_name}: data of {label!r}: {e}"
+    return None
 
 
 def unschedulable(nodes: list[dict[str, float]], cpus: float, gpus: float) -> str | None:
@@ -269,18 +387,19 @@ def _stop_ray() -> None:
     ray.shutdown()
 
 
-def _run_ray(spec: Spec, jobs: list[dict[str, Any]], results_dir: Path, args) -> tuple[list[str], bool]:
-    """Run the jobs; returns (the failed trials' errors, whether Ctrl-C stopped the sweep)."""
+def _run_ray(spec: Spec, jobs: list[dict[str, Any]], store: str, sweep_name: str, args, client, uri: str):
+    """Run the jobs; returns (the failed trials' errors, whether Ctrl-C stopped the sweep, Ray's results)."""
     from ray import tune
-    from ray.tune import Callback, FailureConfig, RunConfig, Stopper, TuneConfig, Tuner
+    from ray.tune import Callback, CheckpointConfig, FailureConfig, RunConfig, Stopper, TuneConfig, Tuner
 
     from harness.trial import tune_trainable
 
     class Progress(Callback):
-        """One line per finished trial: long sweeps show where they are."""
+        """One line per finished trial, per epoch and every --progress-every seconds within an
+        epoch; a warning as soon as a trial's run is not in the driver's store; retries."""
 
         def __init__(self):
-            self.done, self.t0 = 0, time.time()
+            self.done, self.t0, self.checked = 0, time.time(), set()
 
         def _line(self, trial, status: str, result: dict | None = None) -> None:
             self.done += 1
@@ -295,11 +414,32 @@ def _run_ray(spec: Spec, jobs: list[dict[str, Any]], results_dir: Path, args) ->
         def on_trial_error(self, iteration, trials, trial, **info):
             self._line(trial, "FAILED")
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            try:
+                error = trial.get_pickled_error()
+            except Exception:  # noqa: BLE001 (no error file yet: Ray's message is all there is)
+                error = None
+            why = "its node died or became unreachable" if error is None or lost_node(error) else _first_line(error)
+            print(f"    {trial.config['job']['label']}: {why}{_on_node(trial.last_result or {})} (attempt "
+                  f"{trial.num_failures} of {args.max_failures + 1}); Ray retries it from its last checkpoint",
+                  flush=True)
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if "epoch" in result:
-                print(f"    {trial.config['job']['label']}: epoch {result['epoch']} "
-                      f"loss {result.get('train_loss', float('nan')):.3f} top1 {result.get('top1', float('nan')):.2f}",
-                      flush=True)
+            label = trial.config["job"]["label"]
+            if result.get("run_id") and trial.trial_id not in self.checked:
+                self.checked.add(trial.trial_id)
+                if _run_status(client, result["run_id"]) is None:
+                    print(f"warning: {label}{_on_node(result)} writes to a tracking store that is not the driver's "
+                          f"(its run {result['run_id']} is not in {uri}); the sweep will fail it at the end",
+                          file=sys.stderr, flush=True)
+            if result.get("progress"):
+                print(f"    {label}: epoch {result['epoch']} batch {result['batch']}/{result['batches']}, "
+                      f"loss {result['loss']:.3f}, {result['clips_per_s']:.1f} clips/s, "
+                      f"ETA {_duration(result['eta_s'])}", flush=True)
+            elif "epoch" in result and not result.get("final"):
+                print(f"    {label}: epoch {result['epoch']} "
+                      f"loss {result.get('train_loss', float('nan')):.3f} top1 {result.get('top1', float('nan')):.2f}"
+                      f"{_on_node(result) if args.cluster else ''}", flush=True)
 
     # Ctrl-C: Ray Tune's own handler ends the run as if it had completed, so the sweep takes the
     # signal itself and asks Tune to stop every trial; a second Ctrl-C stops at once.
@@ -323,11 +463,13 @@ def _run_ray(spec: Spec, jobs: list[dict[str, Any]], results_dir: Path, args) ->
     tuner = Tuner(
         tune.with_resources(tune_trainable, resources),
         param_space={"job": tune.grid_search(jobs)},
-        tune_config=TuneConfig(reuse_actors=True),
+        # Trial folders named by hash: a later sweep finds each trial's checkpoints (storage.latest).
+        tune_config=TuneConfig(reuse_actors=True, trial_dirname_creator=_trial_folder),
         run_config=RunConfig(
-            name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(results_dir / "ray"),
-            failure_config=FailureConfig(max_failures=0),
+            name=sweep_name,
+            storage_path=storage_path(store, spec.name),
+            failure_config=FailureConfig(max_failures=args.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
             stop=on_interrupt,
             verbose=0,
             callbacks=[Progress()],
@@ -339,12 +481,128 @@ def _run_ray(spec: Spec, jobs: list[dict[str, Any]], results_dir: Path, args) ->
         grid = tuner.fit()
     finally:
         signal.signal(signal.SIGINT, previous)
-    errors = []
-    for result in grid:
+    errors, results = [], list(grid)
+    for result in results:
         if result.error:
             label = result.config["job"]["label"] if result.config else "?"
-            errors.append(f"{label}: {_first_line(result.error)}")
-    return errors, on_interrupt.requested
+            errors.append(f"{label}: {describe_failure(result.error, result.metrics or {}, args.max_failures)}")
+    return errors, on_interrupt.requested, results
+
+
+def storage_path(store: str, spec_name: str) -> str:
+    return f"{store.rstrip('/')}/{spec_name}"
+
+
+def _trial_folder(trial) -> str:
+    return trial.config["job"]["hash"]
+
+
+def _on_node(result: dict) -> str:
+    if not result.get("host"):
+        return ""
+    return f" on {result['host']} (Ray node {str(result.get('ray_node_id', '?'))[:12]})"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _run_status(client, run_id: str) -> str | None:
+    try:
+        return client.get_run(run_id).info.status
+    except Exception:  # noqa: BLE001 (MLflow raises its own error for a run it does not have)
+        return None
+
+
+def lost_node(error: BaseException) -> bool:
+    """Whether ``error`` is Ray's for a trial whose worker or node went away."""
+    import ray.exceptions as rex
+
+    lost = tuple(getattr(rex, n) for n in ("RayActorError", "NodeDiedError", "ActorUnavailableError",
+                                           "WorkerCrashedError", "LocalRayletDiedError") if hasattr(rex, n))
+    text = str(error).lower()
+    return isinstance(error, lost) or "node" in text and ("died" in text or "dead" in text)
+
+
+def describe_failure(error: BaseException, last: dict, max_failures: int) -> str:
+    """A failed trial in one line: a lost node says so (Ray's own words name an actor and a socket)."""
+    text = _first_line(error)
+    if lost_node(error):
+        retried = f"Ray retried it {max_failures} time(s) (--max-failures {max_failures})" if max_failures else (
+            "no retries (--max-failures 0)")
+        return (f"the node running it{_on_node(last)} died or became unreachable (its Ray worker was lost); "
+                f"{retried}; Ray said: {text}")
+    return text
+
+
+def check_store(client, uri: str, results, spec_name: str, parent: str, measure_only: bool) -> list[str]:
+    """Every trial Ray reports finished must have its FINISHED run with the metrics its mode needs
+    in the driver's store. One that lacks it is a failed trial (its line says why); its numbers
+    and epoch curves come back from Ray's results into a new run of the driver's store."""
+    from harness.tracking import TrialRun
+    from harness.trial import identity, trial_metrics
+
+    problems = []
+    for result in results:
+        final = result.metrics or {}
+        if result.error or not final.get("final"):
+            continue
+        job = result.config["job"]
+        run_id = final.get("run_id")
+        wrong = _missing(client, run_id, job, measure_only)
+        if wrong is None:
+            continue
+        params, tags = identity(job, str(final.get("device", "unknown")))
+        tags.update({k: str(final[k]) for k in ("host", "ray_node_id", "code_digest", "attempt") if k in final})
+        run = TrialRun(uri, spec_name, parent, job["label"], params,
+                       {**tags, "recovered_from": f"Ray Tune results (the trial's own run {run_id} is not usable here)"})
+        epochs = _epoch_rows(result)
+        for row in epochs:
+            run.log_metrics({k: v for k, v in trial_metrics(row).items()}, step=int(row["epoch"]))
+        run.log_metrics(trial_metrics(final), step=int(epochs[-1]["epoch"]) if epochs else 0)
+        run.end("FINISHED")
+        problems.append(f"{job['label']}: finished{_on_node(final)}, but {wrong} in the driver's store {uri}: the "
+                        "trial's node could not reach that tracking store (there, MLFLOW_TRACKING_URI names another "
+                        f"store); its numbers and curves are recovered from Ray's results into run {run.run_id} "
+                        "(no evaluation artifacts)")
+    return problems
+
+
+def _missing(client, run_id: str | None, job: dict, measure_only: bool) -> str | None:
+    """What the driver's store lacks of a finished trial's run, or None."""
+    try:
+        run = client.get_run(run_id) if run_id else None
+    except Exception:  # noqa: BLE001 (MLflow's error for a run it does not have)
+        run = None
+    if run is None:
+        return f"its run {run_id} is not"
+    if run.data.tags.get("trial_hash") != job["hash"]:
+        return f"its run {run_id} is another trial's"
+    if run.info.status != "FINISHED":
+        return f"its run {run_id} is {run.info.status}"
+    cfg = job["config"]["measure"]
+    needed = ["params_M"] + (["GFLOPs"] if cfg["flops"] else []) + (["latency_ms"] if cfg["latency"] else [])
+    needed += [] if measure_only else ["top1"]
+    lacking = [k for k in needed if not math.isfinite(run.data.metrics.get(k, math.nan))]
+    return f"its run {run_id} has no {', '.join(lacking)}" if lacking else None
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _epoch_rows(result) -> list[dict]:
+    """The per-epoch reports among a trial's Ray results (progress and final ones left out)."""
+    frame = result.metrics_dataframe
+    if frame is None or "epoch" not in frame:
+        return []
+    rows = []
+    for row in frame.to_dict("records"):
+        epoch, batch = row.get("epoch"), row.get("batch")
+        if _number(epoch) and not _number(batch) and str(row.get("final")) != "True":
+            rows.append(row)
+    return rows
 
 
 def _first_line(error: BaseException) -> str:
