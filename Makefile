@@ -63,13 +63,18 @@ mlflow-ui: $(STAMP)
 	  --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(abspath $(RESULTS))/mlflow.db}
 
 # The tracking server every node of a Ray cluster logs to (a sweep with --address needs one; see
-# README, "Running on a cluster"): bound to MLFLOW_HOST:MLFLOW_PORT, answering the host names in
-# MLFLOW_ALLOWED_HOSTS (MLflow refuses any other Host header; entries match HOST:PORT, * is a wildcard), runs in a sqlite file and artifacts
-# under $(RESULTS)/mlflow-server/ on this machine. Then, for the driver:
+# README, "Running on a cluster"), bound to MLFLOW_HOST:MLFLOW_PORT. MLflow refuses requests whose
+# Host header is not in MLFLOW_ALLOWED_HOSTS (HOST:PORT patterns, * a wildcard): by default this
+# machine's names and addresses and the private ranges. Its sqlite store and artifacts live under
+# $(RESULTS)/mlflow-server/. Then, for the driver:
 #   MLFLOW_TRACKING_URI=http://THIS_HOST:$(MLFLOW_PORT) make ablation-table5 SWEEP_ARGS="--address HEAD:6379 --storage /nfs/..."
 MLFLOW_HOST          ?= 0.0.0.0
 MLFLOW_PORT          ?= 5000
-MLFLOW_ALLOWED_HOSTS ?= localhost:*,127.0.0.1:*,$(shell hostname):*,$(shell hostname -f 2>/dev/null):*,10.*,172.*,192.168.*
+comma                := ,
+empty                :=
+space                := $(empty) $(empty)
+MLFLOW_ALLOWED_HOSTS ?= $(subst $(space),$(comma),$(strip localhost:* 127.0.0.1:* $(foreach h,$(sort $(shell hostname) \
+                          $(shell hostname -f 2>/dev/null) $(shell hostname -I 2>/dev/null)),$(if $(findstring :,$(h)),,$(h):*)) 10.* 172.* 192.168.*))
 mlflow-server: $(STAMP)
 	mkdir -p $(abspath $(RESULTS))/mlflow-server
 	$(VENV)/bin/mlflow server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --allowed-hosts '$(MLFLOW_ALLOWED_HOSTS)' \

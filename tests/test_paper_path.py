@@ -60,11 +60,13 @@ def test_paper_profile_trains_and_evaluates_at_full_size(tmp_path, stem, variant
     job = {"config": config, "hash": trial.hash, "label": trial.label, "spec": spec.name,
            "tracking_uri": uri, "results_dir": str(tmp_path / "results"), "measure_only": False}
     t0 = time.perf_counter()
-    result = run_trial(job)
+    checkpoints = []  # what Ray Tune would copy to the sweep's storage after each epoch
+    result = run_trial(job, report=lambda metrics, checkpoint_dir=None: checkpoint_dir and checkpoints.append(
+        sorted(p.name for p in checkpoint_dir.iterdir())))
     print(f"{stem} {variant}: run_trial {time.perf_counter() - t0:.0f} s")
     assert math.isfinite(result["train_loss"]) and 0 <= result["top1"] <= 100
     assert result["epochs"] == 1 and math.isfinite(result["val_loss"])
     assert result["GFLOPs"] == pytest.approx(gflops, rel=0.015) and result["latency_ms"] > 0
     (run,) = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id])
     assert run.info.status == "FINISHED" and run.data.metrics["top1"] == result["top1"]
-    assert (tmp_path / "results" / spec.name / "checkpoints" / trial.hash / "last.pt").is_file()
+    assert checkpoints == [["last.pt", "meta.json"]], checkpoints
