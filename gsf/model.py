@@ -17,13 +17,13 @@ from .backbones.resnet import build_resnet18, build_resnet34, build_resnet50, bu
 from .modules import GSF, SpatioTemporalShift, TemporalShift
 
 # name -> factory(channels, num_frames, **options) -> nn.Module. ``options`` always holds
-# shift_ratio, gating, fusion and channel_shuffle, plus the spec's ``module_options``;
-# a factory takes what it needs.
+# shift_ratio, gating and fusion, ``layout`` when it is "release", plus the spec's
+# ``module_options``; a factory takes what it needs.
 TEMPORAL_MODULES: dict[str, Callable[..., nn.Module] | None] = {
-    "gsf": lambda c, t, shift_ratio, gating, fusion, channel_shuffle, impl="auto", **_: GSF(
-        c, t, shift_ratio, gating, fusion, channel_shuffle, impl=impl),
-    "gsm": lambda c, t, shift_ratio, gating, channel_shuffle, impl="auto", **_: GSF(
-        c, t, shift_ratio, gating, "sum", channel_shuffle, impl=impl),
+    "gsf": lambda c, t, shift_ratio, gating, fusion, layout="paper", impl="auto", **_: GSF(
+        c, t, shift_ratio, gating, fusion, layout, impl=impl),
+    "gsm": lambda c, t, shift_ratio, gating, layout="paper", impl="auto", **_: GSF(
+        c, t, shift_ratio, gating, "sum", layout, impl=impl),
     "tsm": lambda c, t, fold_div=8, impl="auto", **_: TemporalShift(c, t, fold_div, impl),
     "stsm": lambda c, t, temporal_fold_div=8, spatial_fold_div=16, impl="auto", **_: SpatioTemporalShift(
         c, t, temporal_fold_div, spatial_fold_div, impl),
@@ -85,7 +85,6 @@ def build_model(
     pretrained: str | None = None,
     width_mult: float = 1.0,
     dropout: float = 0.5,
-    channel_shuffle: bool = False,
     module_options: dict[str, Any] | None = None,
 ) -> TSN:
     """Build a TSN video classifier with ``module`` inserted into ``backbone``.
@@ -106,7 +105,7 @@ def build_model(
     if factory is not None:
         options = dict(
             shift_ratio=spec.shift_ratio if shift_ratio is None else shift_ratio,
-            gating=gating, fusion=fusion, channel_shuffle=channel_shuffle, **(module_options or {}))
+            gating=gating, fusion=fusion, **(module_options or {}))
         insert = partial(factory, t=num_frames, **options)
     features = spec.build(insert, placement=placement, num_blocks=num_blocks, pretrained=pretrained, width_mult=width_mult)
     return TSN(features, num_classes, num_frames, dropout)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
@@ -184,8 +184,15 @@ class ModelConfig(_Strict):
         "local file of ImageNet weights (never downloaded); relative: to the directory the sweep command runs in"))
     width_mult: float = Field(1.0, ge=1 / 64, le=4, description="backbone channel multiplier (thin CPU stand-ins)")
     dropout: float = Field(0.5, ge=0, lt=1)
-    channel_shuffle: bool = False
     module_options: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data):
+        if isinstance(data, dict) and "channel_shuffle" in data:
+            raise ValueError("channel_shuffle was removed: it interleaved the two groups, which is neither the "
+                             "paper's order nor the authors' release's; use layout: release for the release's")
+        return data
 
     @field_validator("backbone", "module")
     @classmethod

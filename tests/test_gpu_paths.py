@@ -175,7 +175,7 @@ def test_inductor_compiled_model_agrees_with_eager(backbone, module, impl):
 
 MODULE_AT = {  # one module as a backbone hosts it: (factory, channels, H, W)
     "gsf": (lambda impl: GSF(64, FRAMES, 0.25, impl=impl, inplace=True), 64, 6, 6),
-    "gsf-shuffle": (lambda impl: GSF(32, FRAMES, 1.0, channel_shuffle=True, impl=impl), 32, 5, 7),
+    "gsf-release": (lambda impl: GSF(32, FRAMES, 1.0, layout="release", impl=impl), 32, 5, 7),
     "gsm": (lambda impl: GSF(32, FRAMES, 1.0, fusion="sum", impl=impl, inplace=True), 32, 6, 6),
     "tsm": (lambda impl: TemporalShift(32, FRAMES, impl=impl), 32, 6, 6),
     "stsm": (lambda impl: SpatioTemporalShift(32, FRAMES, impl=impl), 32, 6, 6),

@@ -208,7 +208,7 @@ def test_utf8_bom_and_yaml12_floats_are_accepted(tmp_path):
     ({"seeds": ["0"]}, ["seeds.0", "valid integer", "'0'"]),
     ({"base": {"train": {"epochs": True}}}, ["base.train.epochs", "valid integer", "True"]),
     ({"base": {"model": {"num_frames": 8.0}}}, ["base.model.num_frames", "valid integer"]),
-    ({"base": {"model": {"channel_shuffle": "yes"}}}, ["base.model.channel_shuffle", "valid boolean"]),
+    ({"base": {"model": {"channel_shuffle": True}}}, ["base.model", "channel_shuffle was removed", "layout: release"]),
     ({"base": {"data": {"train_size": "64"}}}, ["base.data.train_size", "valid integer"]),
     ({"base": {"model": {"gating": True}}}, ["base.model.gating", "Input should be 'learned' or a valid number (got True)"]),
     ({"base": {"measure": {"latency_runs": 1e9}}}, ["base.measure.latency_runs", "valid integer"]),

@@ -152,7 +152,7 @@ CASES = [
     ("width_mult 100", mutate(("base/model/width_mult", 100)), [], ONE_LINE),
     ("dropout 1", mutate(("base/model/dropout", 1)), [], ONE_LINE),
     ("num_classes 0", mutate(("base/model/num_classes", 0)), [], ONE_LINE),
-    ("channel_shuffle a word", mutate(("base/model/channel_shuffle", "yes")), [], ONE_LINE),
+    ("channel_shuffle (retired)", mutate(("base/model/channel_shuffle", True)), [], ONE_LINE),
     ("epochs true", mutate(("base/train/epochs", True)), [], ONE_LINE),
     ("epochs 0", mutate(("base/train/epochs", 0)), [], ONE_LINE),
     ("epochs 1e9", mutate(("base/train/epochs", 10**9)), [], ONE_LINE),

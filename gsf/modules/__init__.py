@@ -8,7 +8,8 @@ parameters and results, held together by the tests):
 - ``gsf.py``: ``GSF``, the paper's equations (1)-(10); ``_gsf_fast.py`` the fast version.
 - ``shift.py``: ``TemporalShift`` (TSM) and ``SpatioTemporalShift`` (STSM).
 """
-from .gsf import GSF, processed_channels
+from .gsf import GSF, processed_channels, release_order, release_processed_channels
 from .shift import SpatioTemporalShift, TemporalShift
 
-__all__ = ["GSF", "TemporalShift", "SpatioTemporalShift", "processed_channels"]
+__all__ = ["GSF", "TemporalShift", "SpatioTemporalShift", "processed_channels", "release_order",
+           "release_processed_channels"]

@@ -30,6 +30,10 @@ tensor, not arithmetic:
   the channels are processed; backward keeps a copy of those channels instead of x.
 - Under autocast the GEMMs run in the autocast dtype (an op called with ``out=`` is not
   autocast-eligible, so the cast is explicit).
+- Both layouts share every pass. A group's C/2 channels are viewed as (A, B) with A * B = C/2:
+  (1, C/2) in the paper layout, (2, C/4) in the release layout, whose output (and output
+  gradient) is then the strided view that puts channel a * C/4 + b at position 2b + a, so its
+  channel order costs no pass either. Only the shift directions differ.
 
 These are eager-mode memory tricks: ``forward`` is excluded from torch.compile (it runs eagerly
 between compiled graphs), and ``impl="auto"`` uses the readable version on CUDA, under
@@ -56,8 +60,8 @@ def forward(m: "GSF", x: torch.Tensor) -> torch.Tensor:
     if _grad_needed(x, m):
         return _GSFFunction.apply(m, x, *m.parameters())
     with torch.no_grad():
-        # The shuffled output interleaves the groups: it cannot be written over X's halves.
-        return _forward_impl(m, x, None, out=x if m.inplace and not m.channel_shuffle else None)
+        # The release layout reorders channels within a group: it cannot be written over X's.
+        return _forward_impl(m, x, None, out=x if m.inplace and m.layout == "paper" else None)
 
 
 def _grad_needed(x: torch.Tensor, m: "GSF") -> bool:
@@ -241,17 +245,32 @@ def _fuse_weights(m: "GSF", pooled_s: torch.Tensor, pooled_r: torch.Tensor) -> t
                         weight_map(m.fuse2, pooled_s[:, :, 1], pooled_r[:, :, 1])], dim=2)
 
 
+def _group_channels(m: "GSF") -> tuple[int, int]:
+    """(A, B): how a group's C/2 channels are viewed, (1, C/2) or, in the release layout, (2, C/4)."""
+    half = m.processed // 2
+    return (2, half // 2) if m.layout == "release" else (1, half)
+
+
 def _output_view(m: "GSF", out: torch.Tensor, n: int, t: int) -> torch.Tensor:
-    """The processed channels of ``out`` as (N, T, group, C/2, H, W), honouring channel_shuffle."""
+    """The processed channels of ``out`` as (N, T, group, A, B, H, W), indexed like the input's.
+
+    Release layout: output position 2b + a of a group holds its channel a * C/4 + b, so the
+    view over (b, a) is transposed to (a, b) (a strided view, no copy)."""
     nt, c, h, w = out.shape
-    p, half = m.processed, m.processed // 2
-    if m.channel_shuffle:  # output channel 2i is Z1[i], 2i+1 is Z2[i]
-        return out[:, :p].view(n, t, half, 2, h, w).transpose(2, 3)
-    return out[:, :p].view(n, t, 2, half, h, w)
+    if m.layout == "release":
+        a, b = _group_channels(m)
+        return out[:, :m.processed].view(n, t, 2, b, a, h, w).transpose(3, 4)
+    return out[:, :m.processed].view(n, t, 2, *_group_channels(m), h, w)
 
 
-def _shifted_gated(xg: torch.Tensor, gate, t: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
-    """(5), (6) of (1), (2): S = [shift_fw(g1 * X1), shift_bw(g2 * X2)], one pass, zero frames at the ends.
+def _shift_groups(m: "GSF") -> tuple[int, int]:
+    """(the group whose frame t receives frame t-1, the group receiving frame t+1)."""
+    return (0, 1) if m.layout == "paper" else (1, 0)
+
+
+def _shifted_gated(m: "GSF", xg: torch.Tensor, gate, t: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """(5), (6) of (1), (2): S = the gated groups shifted in time, one pass, zero frames at the ends.
+    Paper layout [shift_fw(g1 * X1), shift_bw(g2 * X2)], release layout the other way round.
 
     Written into ``scratch`` (a spent tensor of xg's size) where given: a fresh full-size
     tensor costs its page faults on first touch, about as much as the pass itself on CPU.
@@ -259,15 +278,16 @@ def _shifted_gated(xg: torch.Tensor, gate, t: int, scratch: torch.Tensor | None 
     usable = (scratch is not None and scratch.dtype == xg.dtype and scratch.is_contiguous()
               and scratch.numel() == xg.numel())
     s = scratch.view(xg.shape) if usable else torch.empty_like(xg)
+    fw, bw = _shift_groups(m)
     if t > 1:
         if isinstance(gate, float):
-            torch.mul(xg[:, :-1, 0], gate, out=s[:, 1:, 0])
-            torch.mul(xg[:, 1:, 1], gate, out=s[:, :-1, 1])
+            torch.mul(xg[:, :-1, fw], gate, out=s[:, 1:, fw])
+            torch.mul(xg[:, 1:, bw], gate, out=s[:, :-1, bw])
         else:
-            torch.mul(xg[:, :-1, 0], gate[:, :-1, 0], out=s[:, 1:, 0])
-            torch.mul(xg[:, 1:, 1], gate[:, 1:, 1], out=s[:, :-1, 1])
-    s[:, 0, 0] = 0
-    s[:, -1, 1] = 0
+            torch.mul(xg[:, :-1, fw], gate[:, :-1, fw], out=s[:, 1:, fw])
+            torch.mul(xg[:, 1:, bw], gate[:, 1:, bw], out=s[:, :-1, bw])
+    s[:, 0, fw] = 0
+    s[:, -1, bw] = 0
     return s
 
 # -- forward / backward ------------------------------------------------------------------------
@@ -282,9 +302,10 @@ def _forward_impl(m: "GSF", x: torch.Tensor, ctx, out: torch.Tensor | None = Non
     """
     nt, c, h, w = x.shape
     t = m.num_frames
-    n, p, half = nt // t, m.processed, m.processed // 2
+    n, p = nt // t, m.processed
+    chan = _group_channels(m)
     xp = x[:, :p]
-    xg = xp.view(n, t, 2, half, h, w)
+    xg = xp.view(n, t, 2, *chan, h, w)
     saved_xp = xp.clone() if ctx is not None and out is x else xp
     cols = scratch = None
     if m.gating == "learned":
@@ -293,7 +314,7 @@ def _forward_impl(m: "GSF", x: torch.Tensor, ctx, out: torch.Tensor | None = Non
         planes = torch.tanh(_sum_taps(cols, bias)).to(x.dtype)  # (N, T, 2, H, W)
         if m.gate_probe._forward_hooks:
             m.gate_probe(planes)
-        gate = planes.unsqueeze(3)  # (N, T, 2, 1, H, W)
+        gate = planes.view(n, t, 2, 1, 1, h, w)
     else:
         gate = float(m.gating)
     if out is None:
@@ -301,12 +322,12 @@ def _forward_impl(m: "GSF", x: torch.Tensor, ctx, out: torch.Tensor | None = Non
         if p < c:
             out[:, p:] = x[:, p:]
     z = _output_view(m, out, n, t)
-    s = _shifted_gated(xg, gate, t, scratch)  # (1), (2), (5), (6); relu(BN(X)) is spent
+    s = _shifted_gated(m, xg, gate, t, scratch)  # (1), (2), (5), (6); relu(BN(X)) is spent
     torch.mul(xg, 1 - gate, out=z)  # R = X - Y = (1 - g) X   (3), (4)
     pooled = fuse = None
     if m.fusion == "learned":
-        pooled = s.mean(dim=(-2, -1)), z.mean(dim=(-2, -1))  # phi
-        fuse = _fuse_weights(m, *pooled).to(x.dtype)[..., None, None]  # (N, T, 2, C/2, 1, 1)
+        pooled = s.mean(dim=(-2, -1)).flatten(3), z.mean(dim=(-2, -1)).flatten(3)  # phi: (N, T, 2, C/2)
+        fuse = _fuse_weights(m, *pooled).to(x.dtype).view(n, t, 2, *chan, 1, 1)
         z.lerp_(s, fuse)  # Z = F S + (1 - F) R   (9), (10)
     else:
         z += s
@@ -331,26 +352,28 @@ def _backward_impl(m: "GSF", ctx, grad_out: torch.Tensor):
     nt, _, h, w = xp.shape
     c = ctx.channels
     t = m.num_frames
-    n, p, half = nt // t, m.processed, m.processed // 2
+    n, p = nt // t, m.processed
+    chan = _group_channels(m)
+    fw, bw = _shift_groups(m)
     grad_out = grad_out.contiguous()
     gz = _output_view(m, grad_out, n, t)  # dL/dZ
-    xg = xp.view(n, t, 2, half, h, w)
+    xg = xp.view(n, t, 2, *chan, h, w)
     params = dict(m.named_parameters())
     grads = {}
 
     grad_x = torch.empty_like(grad_out)
     if p < c and ctx.needs_input_grad[1]:
         grad_x[:, p:] = grad_out[:, p:]
-    gx = grad_x[:, :p].view(n, t, 2, half, h, w)  # holds dR, then dX
+    gx = grad_x[:, :p].view(n, t, 2, *chan, h, w)  # holds dR, then dX
     # diff = U - dR, with U the gradient of S un-shifted back onto the frames it came from
-    # (U[t] = dS[t+1] in group 1, dS[t-1] in group 2, zero for the frame that fell off the clip
-    # end). Then dX = (1 - g) dR + g U = dR + g diff, and dg = sum_c X diff.
+    # (U[t] = dS[t+1] in the group shifted forward, dS[t-1] in the other, zero for the frame
+    # that fell off the clip end). Then dX = (1 - g) dR + g U = dR + g diff, dg = sum_c X diff.
     diff = torch.empty_like(xg)
     if fuse is not None:
         # dL/dF = sum_hw dZ (S - R); the fusion conv is differentiated by autograd.
         torch.mul(xg, 1 - gate, out=diff)
         torch.sub(s, diff, out=diff).mul_(gz)
-        grad_fuse = diff.sum(dim=(-2, -1))
+        grad_fuse = diff.sum(dim=(-2, -1)).flatten(3)
         fuse_params = {k: v for k, v in params.items() if k.startswith("fuse") and v.requires_grad}
         with torch.enable_grad():
             pooled = (pooled_s.detach().requires_grad_(), pooled_r.detach().requires_grad_())
@@ -358,17 +381,17 @@ def _backward_impl(m: "GSF", ctx, grad_out: torch.Tensor):
             got = torch.autograd.grad(f, [*pooled, *fuse_params.values()], grad_fuse.to(f.dtype))
         grads.update(zip(fuse_params, got[2:]))
         # phi is a mean: its gradient spreads evenly over the H*W positions.
-        grad_ps, grad_pr = (g.to(xp.dtype)[..., None, None] / (h * w) for g in got[:2])
+        grad_ps, grad_pr = (g.to(xp.dtype).view(n, t, 2, *chan, 1, 1) / (h * w) for g in got[:2])
         torch.addcmul(grad_pr, gz, 1 - fuse, out=gx)  # dR = (1 - F) dZ + dphi(R)
         # dS = F dZ + dphi(S): the pooled part goes in first, un-shifted, then F dZ below.
         u_pooled = torch.zeros_like(grad_ps)
-        u_pooled[:, :-1, 0] = grad_ps[:, 1:, 0]
-        u_pooled[:, 1:, 1] = grad_ps[:, :-1, 1]
+        u_pooled[:, :-1, fw] = grad_ps[:, 1:, fw]
+        u_pooled[:, 1:, bw] = grad_ps[:, :-1, bw]
         torch.sub(u_pooled, gx, out=diff)
     else:
         gx.copy_(gz)  # dR = dS = dZ
         torch.neg(gx, out=diff)
-    for grp, dst, src in ((0, slice(0, t - 1), slice(1, t)), (1, slice(1, t), slice(0, t - 1))):
+    for grp, dst, src in ((fw, slice(0, t - 1), slice(1, t)), (bw, slice(1, t), slice(0, t - 1))):
         if fuse is None:
             diff[:, dst, grp] += gz[:, src, grp]
         else:
@@ -377,7 +400,7 @@ def _backward_impl(m: "GSF", ctx, grad_out: torch.Tensor):
         gx.add_(diff, alpha=gate)
     else:
         gx.addcmul_(diff, gate)
-        grad_x[:, :p] += _gate_backward(m, xp, cols, gate, diff.mul_(xg).sum(dim=3), grads)
+        grad_x[:, :p] += _gate_backward(m, xp, cols, gate, diff.mul_(xg).sum(dim=(3, 4)), grads)
     return (grad_x if ctx.needs_input_grad[1] else None,) + tuple(grads.get(k) for k in params)
 
 
@@ -385,7 +408,7 @@ def _gate_backward(m: "GSF", xp, cols, gate, grad_gate, grads) -> torch.Tensor:
     """From dL/dg (N, T, 2, H, W): the gate parameters' gradients (into ``grads``) and dL/dX."""
     nt, p, h, w = xp.shape
     bn = m.gate_norm
-    grad_pre = grad_gate * (1 - gate.squeeze(3) ** 2)  # tanh'
+    grad_pre = grad_gate * (1 - gate.reshape(grad_gate.shape) ** 2)  # tanh'
     grad_cols, grads["gate_bias"] = _sum_taps_adjoint(grad_pre, cols.shape)
     grad_cols = grad_cols.view(nt * 2, 27, h * w)
     # BatchNorm + ReLU again, with autograd (batch statistics in training; no running-stat update).
@@ -423,7 +446,7 @@ class _GSFFunction(torch.autograd.Function):
         # Only where x comes straight from a BatchNorm, whose backward does not need its output
         # (a ReLU's does: autograd would refuse at backward time).
         producer = type(x.grad_fn).__name__ if x.grad_fn is not None else ""
-        over_x = (module.inplace and not module.channel_shuffle and 2 * module.processed <= x.shape[1]
+        over_x = (module.inplace and module.layout == "paper" and 2 * module.processed <= x.shape[1]
                   and x._base is None and "BatchNormBackward" in producer)
         out = _forward_impl(module, x, ctx, out=x if over_x else None)
         if over_x:

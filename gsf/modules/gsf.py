@@ -16,6 +16,8 @@ from torch import nn
 from . import _gsf_fast
 from ._impl import check_impl, use_fast
 
+LAYOUTS = ("paper", "release")
+
 
 class GSF(nn.Module):
     """Gate-Shift-Fuse on frames ``(N*T, C, H, W)``, the frames of a clip consecutive (TSN layout).
@@ -29,8 +31,14 @@ class GSF(nn.Module):
 
     ``gating``: "learned", or a fixed number (1: TSM-like shift, -1: TDN-like differencing,
     0: no temporal interaction). ``fusion``: "learned", or "sum" (GSM).
-    ``channel_shuffle``: interleave the two groups' output channels, as the authors' release
-    does; the paper's equations concatenate them (default).
+    ``layout``: "paper" (default) follows the equations: group 1 shifted forward, group 2
+    backward, Z = [Z1; Z2], ``processed`` the even count nearest ``shift_ratio * channels``.
+    "release" computes what the authors' released module (swathikirans/GSF ``gsf.py``) does, so
+    that their checkpoints give their outputs: group 1 takes the *next* frame's gated features and
+    group 2 the previous one's, each group's two halves are interleaved on output (see
+    ``release_order``), and ``processed`` follows the release's rule (``release_processed_channels``).
+    Same parameters in both layouts; the gates, BatchNorm statistics and the fusion conv's
+    (channel, frame) layout are the same computation.
     ``inplace``: like ``nn.ReLU(inplace=True)``, the fast implementation may write its output
     over x (the backbones set it where x is a fresh activation nothing else reads); the result
     is the same either way.
@@ -49,7 +57,7 @@ class GSF(nn.Module):
         shift_ratio: float = 1.0,
         gating: str | float = "learned",
         fusion: str = "learned",
-        channel_shuffle: bool = False,
+        layout: str = "paper",
         inplace: bool = False,
         impl: str = "auto",
     ):
@@ -58,6 +66,8 @@ class GSF(nn.Module):
             raise ValueError(f"gating must be 'learned' or a number, got {gating!r}")
         if fusion not in ("learned", "sum"):
             raise ValueError(f"fusion must be 'learned' or 'sum', got {fusion!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
         if channels < 2:
             raise ValueError(f"GSF needs at least 2 channels, got {channels}")
         if num_frames < 1:
@@ -65,10 +75,10 @@ class GSF(nn.Module):
         self.channels = channels
         self.num_frames = num_frames
         self.shift_ratio = shift_ratio
-        self.processed = processed_channels(channels, shift_ratio)
+        self.processed = processed_channels(channels, shift_ratio, layout)
         self.gating = gating
         self.fusion = fusion
-        self.channel_shuffle = channel_shuffle
+        self.layout = layout
         self.inplace = inplace
         self.impl = check_impl(impl)
         half = self.processed // 2
@@ -111,8 +121,11 @@ class GSF(nn.Module):
         y2 = g2 * x2  # (2)
         r1 = x1 - y1  # (3)
         r2 = x2 - y2  # (4)
-        y1_shift = shift_fw(y1)  # (5)
-        y2_shift = shift_bw(y2)  # (6)
+        if self.layout == "paper":
+            y1_shift = shift_fw(y1)  # (5)
+            y2_shift = shift_bw(y2)  # (6)
+        else:  # the release shifts the other way: group 1 from frame t+1, group 2 from frame t-1
+            y1_shift, y2_shift = shift_bw(y1), shift_fw(y2)
         if self.fusion == "learned":
             f1 = self._fusion_weights(self.fuse1, y1_shift, r1)  # (7)
             f2 = self._fusion_weights(self.fuse2, y2_shift, r2)  # (8)
@@ -122,10 +135,9 @@ class GSF(nn.Module):
             z1 = y1_shift + r1
             z2 = y2_shift + r2
 
-        if self.channel_shuffle:  # output channel 2i is Z1[i], 2i+1 is Z2[i]
-            z = torch.stack([z1, z2], dim=3).flatten(2, 3)
-        else:
-            z = torch.cat([z1, z2], dim=2)
+        if self.layout == "release":  # each group's halves interleaved; the groups stay apart
+            z1, z2 = interleave_halves(z1), interleave_halves(z2)
+        z = torch.cat([z1, z2], dim=2)
         return torch.cat([z, frames[:, :, p:]], dim=2).reshape(nt, c, h, w)
 
     def _gates(self, xp: torch.Tensor) -> torch.Tensor:
@@ -157,15 +169,52 @@ class GSF(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, processed={self.processed}, num_frames={self.num_frames}, "
-                f"gating={self.gating!r}, fusion={self.fusion!r}, channel_shuffle={self.channel_shuffle}, "
+                f"gating={self.gating!r}, fusion={self.fusion!r}, layout={self.layout!r}, "
                 f"inplace={self.inplace}, impl={self.impl!r}")
 
 
-def processed_channels(channels: int, shift_ratio: float) -> int:
-    """Channels a GSF with ``shift_ratio`` processes: the nearest even count, at least 2."""
+def processed_channels(channels: int, shift_ratio: float, layout: str = "paper") -> int:
+    """Channels a GSF with ``shift_ratio`` processes: the nearest even count, at least 2; with
+    ``layout="release"`` the release's count (``release_processed_channels``)."""
     if not 0.0 < shift_ratio <= 1.0:
         raise ValueError(f"shift_ratio must be in (0, 1], got {shift_ratio}")
+    if layout == "release":
+        return release_processed_channels(channels, shift_ratio)
     return min(channels - channels % 2, max(2, 2 * round(channels * shift_ratio / 2)))
+
+
+def release_processed_channels(channels: int, shift_ratio: float) -> int:
+    """The authors' release's count (gsf.py:11-14): ``int(channels * percent / 100)``, plus one if odd.
+
+    So it rounds down and only then up to even: 10 channels at 50% -> 5 -> 6, 100 at 12.5% -> 12.
+    The release takes a percentage; ``round(shift_ratio * 100, 6)`` recovers it exactly from a
+    fraction (``int(100 * 0.29)`` is 28, ``int(100 * 29 / 100)`` is 29). Sizes the released module
+    cannot run (it raises there) are an error: more channels than there are (an odd count at
+    100%), or a count not divisible by 4 (each group's halves must be interleavable).
+    """
+    percent = round(shift_ratio * 100, 6)
+    count = int(channels * percent / 100)
+    count += count % 2
+    if count > channels or count < 4 or count % 4:
+        raise ValueError(f"layout='release' with shift_ratio={shift_ratio} on {channels} channels processes {count}: "
+                         "the authors' module runs only counts divisible by 4, at most the channel count")
+    return count
+
+
+def release_order(processed: int) -> list[int]:
+    """Which fused channel each of the first ``processed`` outputs holds in the release layout.
+
+    Fused channels are numbered [Z1; Z2]. Within a group of ``processed / 2`` channels the release
+    views them as (2, processed / 4) and transposes: output 2b + a of the group holds its channel
+    a * processed / 4 + b. For 8 channels: [0, 2, 1, 3, 4, 6, 5, 7].
+    """
+    half, quarter = processed // 2, processed // 4
+    return [g * half + a * quarter + b for g in range(2) for b in range(quarter) for a in range(2)]
+
+
+def interleave_halves(z: torch.Tensor) -> torch.Tensor:
+    """(N, T, C, H, W): channel 2b + a of the result is channel a * C/2 + b of ``z`` (``release_order``)."""
+    return z.unflatten(2, (2, z.shape[2] // 2)).transpose(2, 3).flatten(2, 3)
 
 
 def shift_fw(y: torch.Tensor) -> torch.Tensor:
