@@ -5,6 +5,7 @@ Add your own temporal module or backbone by registering it in ``TEMPORAL_MODULES
 """
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from typing import Any, Callable
 
@@ -86,12 +87,30 @@ def build_model(
     width_mult: float = 1.0,
     dropout: float = 0.5,
     module_options: dict[str, Any] | None = None,
+    layout: str | None = None,
+    release_checkpoint: str | None = None,
 ) -> TSN:
     """Build a TSN video classifier with ``module`` inserted into ``backbone``.
 
     ``placement``, ``shift_ratio`` default to the paper's final configuration for the backbone
     (ResNet: after conv3 on 25% of the channels; Inception: the 1x1 branch, 100%).
+
+    The authors' release (``gsf/release.py``): ``layout="release"`` builds their arrangement
+    (GSF's release layout, placed between the host conv and its BatchNorm, and their
+    Inception-v3 variant); ``release_checkpoint=PATH`` builds the model a released checkpoint
+    holds (``layout`` then defaults to "release") and loads its weights.
     """
+    if release_checkpoint is not None:
+        from .release import build_released_model
+
+        return build_released_model(
+            release_checkpoint, backbone=backbone, module=module, num_classes=num_classes, num_frames=num_frames,
+            shift_ratio=shift_ratio, gating=gating, fusion=fusion, placement=placement, num_blocks=num_blocks,
+            pretrained=pretrained, width_mult=width_mult, dropout=dropout, module_options=module_options,
+            layout=layout)
+    layout = layout or "paper"
+    if layout not in ("paper", "release"):
+        raise ValueError(f"layout must be 'paper' or 'release', got {layout!r}")
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; registered: {sorted(BACKBONES)}")
     if module not in TEMPORAL_MODULES:
@@ -101,11 +120,19 @@ def build_model(
     if placement not in spec.placements:
         raise ValueError(f"placement {placement!r} is not one of {list(spec.placements)} for {backbone}")
     factory = TEMPORAL_MODULES[module]
+    release = {}
+    if layout == "release":
+        if module not in ("gsf", "gsm", "none"):
+            raise ValueError(f"layout='release' is the authors' released GSF; module {module!r} has no release layout")
+        if "layout" not in inspect.signature(spec.build).parameters:
+            raise ValueError(f"backbone {backbone!r} has no release layout (its builder takes no 'layout')")
+        release = {"layout": layout}
     insert = None
     if factory is not None:
         options = dict(
             shift_ratio=spec.shift_ratio if shift_ratio is None else shift_ratio,
-            gating=gating, fusion=fusion, **(module_options or {}))
+            gating=gating, fusion=fusion, **release, **(module_options or {}))
         insert = partial(factory, t=num_frames, **options)
-    features = spec.build(insert, placement=placement, num_blocks=num_blocks, pretrained=pretrained, width_mult=width_mult)
+    features = spec.build(insert, placement=placement, num_blocks=num_blocks, pretrained=pretrained,
+                          width_mult=width_mult, **release)
     return TSN(features, num_classes, num_frames, dropout)

@@ -10,8 +10,10 @@ paper's counter reads ~0.7% higher throughout).
 Placement: which branch of each block hosts the temporal module
 ----------------------------------------------------------------
 The module goes on a branch's output (after its last conv+BN+ReLU, before the concat). The
-authors' release puts it between that conv and its BN; parameter and FLOP counts are the same
-either way, so the paper's tables cannot tell the two apart.
+authors' release puts it between that conv and its BN (``layout="release"`` does too:
+``relu(bn(module(conv(x))))`` inside the host ``ConvBNReLU``; a module on the 3c/4e pooled
+pass-through has no conv and stays where it is); parameter and FLOP counts are the same either
+way, so the paper's tables cannot tell the two apart.
 
 * ``branch4`` (the paper's final configuration, its "least parametrized branch"): the 1x1 branch;
   in 3c and 4e, which have none, the 3x3-reduce conv (as in the authors' release).
@@ -114,18 +116,23 @@ def _scaled(channels: int, width_mult: float) -> int:
 
 
 class ConvBNReLU(nn.Module):
-    """Conv (with bias, as in the Caffe model) + BatchNorm + ReLU; remembers its Caffe name."""
+    """Conv (with bias, as in the Caffe model) + BatchNorm + ReLU; remembers its Caffe name.
+    ``temporal`` (None unless set): a module between the conv and the BN, as in the authors' release."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, caffe_name: str = ""):
         super().__init__()
         self.caffe_name = caffe_name
         self.out_channels = out_ch
         self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2, bias=True)
+        self.temporal = None
         self.bn = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.bn(self.conv(x)))
+        x = self.conv(x)
+        if self.temporal is not None:
+            x = self.temporal(x)
+        return self.relu(self.bn(x))
 
 
 class InceptionBlock(nn.Module):
@@ -168,10 +175,14 @@ class InceptionBlock(nn.Module):
         convs = [m for _, m in layers if isinstance(m, ConvBNReLU)]
         return convs[-1].out_channels if convs else self.in_channels  # pool pass-through
 
-    def insert(self, branch: str, after: str | None, module: nn.Module) -> None:
-        """Place ``module`` in ``branch`` right after layer ``after`` (``None``: at its end)."""
+    def insert(self, branch: str, after: str | None, module: nn.Module, before_bn: bool = False) -> None:
+        """Place ``module`` in ``branch`` right after layer ``after`` (``None``: at its end); with
+        ``before_bn``, inside that point's conv layer, between its conv and its BN (where it has one)."""
         items = list(self.branches[branch].named_children())
         pos = len(items) if after is None else [n for n, _ in items].index(after) + 1
+        if before_bn and isinstance(items[pos - 1][1], ConvBNReLU):
+            items[pos - 1][1].temporal = module
+            return
         self.branches[branch] = nn.Sequential(OrderedDict(items[:pos] + [("temporal", module)] + items[pos:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,14 +211,17 @@ class BNInception(nn.Module):
         self.num_features = in_ch
         self.input_size = INPUT_SIZE
 
-    def insert_modules(self, insert: Insert, placement: str = "branch4", num_blocks: int | None = None) -> None:
-        """Add ``insert(channels)`` at ``placement`` in each of the last ``num_blocks`` blocks."""
+    def insert_modules(self, insert: Insert, placement: str = "branch4", num_blocks: int | None = None,
+                       layout: str = "paper") -> None:
+        """Add ``insert(channels)`` at ``placement`` in each of the last ``num_blocks`` blocks
+        (``layout="release"``: between the host conv and its BN)."""
         num_blocks = _check(placement, num_blocks)
         four_branch, stride2 = _POINTS[placement]
         for block in list(self.blocks)[len(BLOCK_NAMES) - num_blocks:]:
             for branch, after in stride2 if block.stride == 2 else four_branch:
                 # Always after a layer of the branch (never at its shared input): a fresh tensor.
-                block.insert(branch, after, on_fresh_input(insert(block.channels_at(branch, after))))
+                block.insert(branch, after, on_fresh_input(insert(block.channels_at(branch, after))),
+                             before_bn=layout == "release")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 32 or x.shape[-2] % 32:
@@ -277,7 +291,8 @@ def _reverse(mapping: dict[str, str], natives: list[str]) -> list[str]:
 
 
 def build_bninception(insert: Insert | None, placement: str = "branch4", num_blocks: int | None = None,
-                      pretrained: str | os.PathLike | None = None, width_mult: float = 1.0) -> BNInception:
+                      pretrained: str | os.PathLike | None = None, width_mult: float = 1.0,
+                      layout: str = "paper") -> BNInception:
     """BN-Inception with ``insert(channels)`` at ``placement`` in the last ``num_blocks`` blocks.
 
     Weights from ``pretrained`` are loaded before the modules go in, so the file needs no keys
@@ -288,5 +303,5 @@ def build_bninception(insert: Insert | None, placement: str = "branch4", num_blo
     if pretrained is not None:
         load_pretrained(model, pretrained)
     if insert is not None:
-        model.insert_modules(insert, placement, num_blocks)
+        model.insert_modules(insert, placement, num_blocks, layout)
     return model

@@ -19,14 +19,30 @@ the same sizes, so the ceil mode changes nothing for torchvision's own use of th
 ``inception_v3_google-0cc3c7bd.pth``); ``fc.*`` and ``AuxLogits.*`` are ignored. As torchvision
 does for these weights, ``transform_input`` is then switched on, so frames normalized with the
 usual ImageNet mean/std are rescaled to the [-1, 1] range the weights were trained on.
+
+``layout="release"``: the authors' release (``gsf/release.py``) is not torchvision's network but
+the "inceptionv3-cuhk" model built from ``backbones/inceptionv3_gsf.yaml`` of swathikirans/GSF.
+Its variant here keeps torchvision's blocks, names and concat order and changes what differs:
+every conv has a bias and every BatchNorm eps 1e-5 (``layer_factory.py:35, 72``); every
+non-square kernel, and its padding, is the transpose of torchvision's at that position (the yaml's
+7x7 branches run 7x1 then 1x7, Mixed_7b/7c's split convs are 3x1 then 1x3); Mixed_7c's pool
+branch max-pools (``mixed_10_tower_2_pool``, ``mode: max``); no ``transform_input`` (their input
+is BGR 0-255 minus (104, 117, 128)); the module sits between the host conv and its BN. The
+release's max pools round up (ceil mode); at its 229x229 input only the two stem pools change
+size, which this variant (like the paper one) sets; Mixed_6a/7a's pools give the same sizes either
+way there, and sizes where they would not are not the release's.
 """
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torchvision.models.inception import (Inception3, InceptionA, InceptionAux, InceptionB, InceptionC, InceptionD,
+                                          InceptionE)
 
 from . import Insert, blocks_to_convert, on_fresh_input
 
@@ -71,12 +87,67 @@ def _load_pretrained(net: nn.Module, path: str | os.PathLike) -> None:
     net.transform_input = True  # the weights expect [-1, 1] inputs, as in torchvision
 
 
+class ReleaseConv(nn.Module):
+    """A conv unit of the release's Inception-v3 in place of torchvision's ``BasicConv2d`` (same
+    arguments): conv with bias, its kernel and padding transposed -> [temporal] -> BN -> ReLU.
+    ``temporal`` (None unless set) sits between the conv and the BN, as GSF in the release."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, _transposed(kernel_size), stride, _transposed(padding),
+                              bias=True)
+        self.temporal = None
+        self.bn = nn.BatchNorm2d(out_channels)  # eps 1e-5 (torchvision's BasicConv2d: 0.001)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.temporal is not None:
+            x = self.temporal(x)
+        return self.relu(self.bn(x))
+
+
+def _transposed(size):
+    return tuple(reversed(size)) if isinstance(size, (tuple, list)) else size
+
+
+class _ReleaseMixed7c(InceptionE):
+    """Mixed_7c as released: the pool branch takes a 3x3/1 max pool (torchvision's averages)."""
+
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        b3 = self.branch3x3_1(x)
+        bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        return [self.branch1x1(x),
+                torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1),
+                torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1),
+                self.branch_pool(F.max_pool2d(x, kernel_size=3, stride=1, padding=1))]
+
+
+def _release_inception_v3() -> Inception3:
+    # Inception3 hands its conv block to the stem only: each Mixed block needs it given.
+    blocks = [partial(block, conv_block=ReleaseConv)
+              for block in (InceptionA, InceptionB, InceptionC, InceptionD, InceptionE, InceptionAux)]
+    net = Inception3(aux_logits=False, transform_input=False, inception_blocks=[ReleaseConv, *blocks],
+                     init_weights=False)
+    net.Mixed_7c = _ReleaseMixed7c(2048, conv_block=ReleaseConv)
+    return net
+
+
 def build_inception_v3(insert: Insert | None, placement: str = "branch4", num_blocks: int | None = None,
-                       pretrained: str | os.PathLike | None = None, width_mult: float = 1.0) -> nn.Module:
+                       pretrained: str | os.PathLike | None = None, width_mult: float = 1.0,
+                       layout: str = "paper") -> nn.Module:
     """torchvision Inception-v3 trunk with ``insert(channels)`` on the 1x1 branch of the last
-    ``num_blocks`` Mixed blocks: frames ``(N*T, 3, H, W)`` -> pooled features ``(N*T, 2048)``."""
+    ``num_blocks`` Mixed blocks: frames ``(N*T, 3, H, W)`` -> pooled features ``(N*T, 2048)``.
+    ``layout="release"``: the authors' variant (see the module docstring)."""
     num_blocks = _check(placement, num_blocks, width_mult)
-    net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    release = layout == "release"
+    if release and pretrained is not None:
+        raise ValueError("InceptionV3 layout='release' is the authors' variant, which torchvision's ImageNet "
+                         "weights do not fit; load a released checkpoint (model.release_checkpoint) instead")
+    if release:
+        net = _release_inception_v3()
+    else:
+        net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
     net.maxpool1.ceil_mode = net.maxpool2.ceil_mode = True  # Caffe pooling, as the paper's model
     net.dropout, net.fc = nn.Identity(), nn.Identity()  # the video classifier adds its own
     if pretrained is not None:
@@ -85,7 +156,11 @@ def build_inception_v3(insert: Insert | None, placement: str = "branch4", num_bl
         for name in BLOCK_NAMES[len(BLOCK_NAMES) - num_blocks:]:
             block = getattr(net, name)
             conv = getattr(block, _BRANCH4[name])
-            setattr(block, _BRANCH4[name], nn.Sequential(conv, on_fresh_input(insert(conv.bn.num_features))))
+            module = on_fresh_input(insert(conv.bn.num_features))
+            if release:
+                conv.temporal = module
+            else:
+                setattr(block, _BRANCH4[name], nn.Sequential(conv, module))
     net.num_features = 2048
     net.input_size = INPUT_SIZE
     return net

@@ -7,6 +7,10 @@
 - ``"all"``: after every conv of the block;
 - ``"input"``: at the start of the residual branch, before conv1 — TSM's "residual shift".
 
+``layout="release"`` (the authors' release, ``gsf/release.py``): the module sits between each
+chosen conv and that conv's BN instead (released ResNet-50: conv3 -> GSF -> bn3 in every block,
+``backbones/resnetGSFModels.py:74-78`` of swathikirans/GSF); ``"input"`` stays where it is.
+
 Layer names are torchvision's, so a torchvision ImageNet state dict loads unchanged
 (``pretrained=path``) before the modules are inserted.
 """
@@ -27,7 +31,7 @@ PLACEMENTS = ("conv1", "conv2", "conv3", "all", "input")
 class TemporalBlock(nn.Module):
     """A torchvision residual block with temporal modules at its insertion points."""
 
-    def __init__(self, block: nn.Module, insert: Insert, placement: str):
+    def __init__(self, block: nn.Module, insert: Insert, placement: str, layout: str = "paper"):
         super().__init__()
         bottleneck = isinstance(block, Bottleneck)
         convs = ("conv1", "conv2", "conv3") if bottleneck else ("conv1", "conv2")
@@ -35,6 +39,7 @@ class TemporalBlock(nn.Module):
             allowed = [p for p in PLACEMENTS if bottleneck or p != "conv3"]
             raise ValueError(f"placement {placement!r} is not one of {allowed} for {type(block).__name__}")
         self.block = block
+        self.before_bn = layout == "release"
         wanted = convs if placement == "all" else (placement,)
         self.temporal = nn.ModuleDict(
             {name: insert(self._channels(name)) if name == "input" else on_fresh_input(insert(self._channels(name)))
@@ -49,15 +54,25 @@ class TemporalBlock(nn.Module):
     def _temporal(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return self.temporal[name](x) if name in self.temporal else x
 
+    def _conv_bn(self, name: str, x: torch.Tensor, relu: bool) -> torch.Tensor:
+        """conv -> BN (-> ReLU) with the temporal module after them, or between conv and BN (release)."""
+        b = self.block
+        conv, bn = getattr(b, name), getattr(b, name.replace("conv", "bn"))
+        if self.before_bn:
+            out = bn(self._temporal(name, conv(x)))
+            return b.relu(out) if relu else out
+        out = bn(conv(x))
+        return self._temporal(name, b.relu(out) if relu else out)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.block
         identity = x if b.downsample is None else b.downsample(x)
-        out = self._temporal("conv1", b.relu(b.bn1(b.conv1(self._temporal("input", x)))))
+        out = self._conv_bn("conv1", self._temporal("input", x), relu=True)
         if isinstance(b, Bottleneck):
-            out = self._temporal("conv2", b.relu(b.bn2(b.conv2(out))))
-            out = self._temporal("conv3", b.bn3(b.conv3(out)))
+            out = self._conv_bn("conv2", out, relu=True)
+            out = self._conv_bn("conv3", out, relu=False)
         else:
-            out = self._temporal("conv2", b.bn2(b.conv2(out)))
+            out = self._conv_bn("conv2", out, relu=False)
         # In place, as torchvision's own block does (autograd too: neither BN nor the temporal
         # modules keep their output for backward, and autograd would refuse if one did). A fresh
         # full-size tensor per block was ~4% of ResNet-50's forward time.
@@ -116,6 +131,7 @@ def build_resnet(
     num_blocks: int | None = None,
     pretrained: str | None = None,
     width_mult: float = 1.0,
+    layout: str = "paper",
 ) -> ResNetFeatures:
     net = _WidthResNet(block, layers, width_mult)
     if pretrained:
@@ -128,7 +144,7 @@ def build_resnet(
         raise ValueError(f"placement {placement!r} is not one of {list(PLACEMENTS)}")
     n = blocks_to_convert(num_blocks, len(blocks), "ResNet")
     for layer, i in blocks[len(blocks) - n:]:
-        layer[i] = TemporalBlock(layer[i], insert, placement)
+        layer[i] = TemporalBlock(layer[i], insert, placement, layout)
     return features
 
 
