@@ -185,6 +185,15 @@ class ModelConfig(_Strict):
     width_mult: float = Field(1.0, ge=1 / 64, le=4, description="backbone channel multiplier (thin CPU stand-ins)")
     dropout: float = Field(0.5, ge=0, lt=1)
     module_options: dict[str, Any] = {}
+    # The authors' release (gsf/release.py).
+    layout: Literal["paper", "release"] | None = Field(
+        None, description='"paper" (default): the paper\'s equations and our insertion points; "release": what '
+        "the authors' released code computes (GSF's shift directions and channel order, GSF between the host conv "
+        'and its BN, their Inception-v3 variant). Default "release" with release_checkpoint.')
+    release_checkpoint: str | None = Field(
+        None, description="A checkpoint file of the authors' release (swathikirans/GSF, main.py's .pth.tar): "
+        "builds the model it holds in the release layout and loads its weights (torch.load weights_only=True). "
+        "A relative path is taken from the folder the sweep is started in.")
 
     @model_validator(mode="before")
     @classmethod
@@ -193,6 +202,12 @@ class ModelConfig(_Strict):
             raise ValueError("channel_shuffle was removed: it interleaved the two groups, which is neither the "
                              "paper's order nor the authors' release's; use layout: release for the release's")
         return data
+
+    @field_validator("release_checkpoint")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        # A trial runs in its own working folder: the path must not depend on it.
+        return None if v is None else os.path.abspath(os.path.expanduser(v))
 
     @field_validator("backbone", "module")
     @classmethod
@@ -235,7 +250,8 @@ class TrainConfig(_Strict):
     """The paper's recipe (section 4.2) by default; ``lr`` is for a batch of ``lr_batch`` clips
     and scales linearly with ``batch_size``. ``momentum`` applies to SGD only."""
 
-    epochs: int = Field(60, ge=1, le=10_000, description="training epochs")
+    epochs: int = Field(60, ge=0, le=10_000, description="training epochs; 0: evaluation only (no training, "
+                        "no optimiser, no checkpoint: the model as built, e.g. model.release_checkpoint)")
     optimizer: Literal["sgd", "adamw"] = "sgd"  # adamw: short CPU smoke runs learn faster
     batch_size: int = Field(32, ge=1, le=8192, description="clips per training batch")
     lr: float = Field(0.01, gt=0, le=10, description="learning rate for a batch of lr_batch clips")
@@ -292,6 +308,17 @@ class TrialConfig(_Strict):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     measure: MeasureConfig = MeasureConfig()
+
+    @model_validator(mode="after")
+    def _released_input(self) -> "TrialConfig":
+        """Released weights evaluated on input normalised another way give a wrong accuracy, silently."""
+        from gsf.release import RELEASED
+
+        released = RELEASED.get(self.model.backbone)
+        if self.model.release_checkpoint is not None and released and self.data.normalize != released.normalize:
+            raise ValueError(f"data.normalize is {self.data.normalize!r}, but the authors' released "
+                             f"{self.model.backbone} weights expect {released.normalize!r} input (model.release_checkpoint)")
+        return self
 
 
 class Variant(_Strict):

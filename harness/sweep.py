@@ -143,6 +143,25 @@ def check_data(spec: Spec, trials) -> None:
             raise SpecError(f"{spec.path}: data of {trial.label!r}: {e}") from None
 
 
+def check_release_checkpoints(spec: Spec, trials) -> None:
+    """Each ``model.release_checkpoint`` read once, here in the driver, and held against every
+    trial's model section: a missing, unreadable or mismatched file is one line before anything starts."""
+    from gsf.release import check_request, load_release_checkpoint
+
+    found = {}
+    for trial in trials:
+        model = trial.config["model"]
+        path = model.get("release_checkpoint")
+        if path is None:
+            continue
+        try:
+            if path not in found:
+                found[path] = load_release_checkpoint(path)[0]
+            check_request(found[path], path, **model)
+        except (OSError, ValueError) as e:
+            raise SpecError(f"{spec.path}: model.release_checkpoint of {trial.label!r}: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -166,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         stale = tracking.close_stale_runs(client, spec.name, str(results_dir))
         finished = {} if args.fresh else tracking.finished_trials(client, spec.name)
         todo = [t for t in spec.trials if _pick_runs(finished, t.hash, args.measure_only) is None]
+        check_release_checkpoints(spec, todo)
         if not args.measure_only and not args.cluster:
             check_data(spec, todo)  # on a cluster, on every node once Ray is up (check_nodes)
     except SpecError as e:
@@ -177,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if stale:
         print(f"closed {stale} run(s) left RUNNING by an earlier driver of this results dir as KILLED", flush=True)
-    mode = "measure-only" if args.measure_only else "train + measure"
+    evaluate_only = all(t.config["train"]["epochs"] == 0 for t in spec.trials)  # train.epochs: 0
+    mode = "measure-only" if args.measure_only else "evaluate + measure" if evaluate_only else "train + measure"
     resume = {} if args.fresh or args.measure_only else storage.latest(store, spec.name, {t.hash for t in todo})
     print(f"{spec.name} [profile {spec.profile or '-'}, {mode}]: {len(spec.trials)} trials, "
           f"{len(spec.trials) - len(todo)} already finished, {len(todo)} to run"

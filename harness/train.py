@@ -7,6 +7,8 @@ evaluation included. After every epoch the full training state
 (model, optimiser, schedule, scaler, RNG states, history) goes to ``checkpoint_dir/last.pt``;
 ``fit`` called again with the same folder continues after the last finished epoch and ends with
 the same weights as an uninterrupted run. A NaN or infinite loss fails the trial with that reason.
+``train.epochs: 0`` evaluates the model as built (e.g. ``model.release_checkpoint``) once, with no
+optimiser and no checkpoint.
 """
 from __future__ import annotations
 
@@ -163,6 +165,27 @@ def _save(path: Path, state: dict) -> None:
     os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
 
 
+def _to_device(model: nn.Module, tc, device: torch.device) -> None:
+    model.to(device)
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if tc.compile:  # in place: module names and state-dict keys stay the model's own
+        model.compile(backend="inductor" if tc.compile is True else tc.compile)
+
+
+def _validate(model: nn.Module, val_ds, cfg, device: torch.device, seed: int, workers: int,
+              on_evaluate: Callable[[dict, int], None] | None, epoch: int) -> dict[str, float]:
+    """``evaluate`` on the validation set in batches of about ``train.batch_size`` views; the
+    metrics are returned, the rest goes to ``on_evaluate(details, epoch)``."""
+    views_per_clip = val_ds[0][0].shape[0]
+    loader = _loader(val_ds, max(1, cfg.train.batch_size // views_per_clip), False, workers, seed)
+    scores = evaluate(model, loader, device, cfg.train.amp)
+    details = {k: scores.pop(k) for k in EVALUATION_DETAILS if k in scores}
+    if on_evaluate is not None:
+        on_evaluate(details, epoch)
+    return scores
+
+
 def fit(model: nn.Module, cfg, seed: int, device: torch.device, checkpoint_dir: str | Path | None = None,
         on_epoch: Callable[[dict[str, float], int], None] | None = None,
         on_evaluate: Callable[[dict, int], None] | None = None, cpus: float = 1,
@@ -177,17 +200,16 @@ def fit(model: nn.Module, cfg, seed: int, device: torch.device, checkpoint_dir: 
     if train_ds.num_classes != cfg.model.num_classes:
         raise ValueError(f"model.num_classes={cfg.model.num_classes} but the dataset has {train_ds.num_classes} classes")
     workers = loader_workers(cfg.data.workers, cpus)
+    if tc.epochs == 0:  # evaluation only
+        _to_device(model, tc, device)
+        return _validate(model, val_ds, cfg, device, seed, workers, on_evaluate, epoch=0) | {"epochs": 0.0}
     steps_per_epoch = len(train_ds) // tc.batch_size
     if tc.max_batches_per_epoch:
         steps_per_epoch = min(steps_per_epoch, tc.max_batches_per_epoch)
     if steps_per_epoch < 1:
         raise ValueError(f"train set of {len(train_ds)} clips is smaller than batch_size={tc.batch_size}")
 
-    model.to(device)
-    if tc.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if tc.compile:  # in place: module names and state-dict keys stay the model's own
-        model.compile(backend="inductor" if tc.compile is True else tc.compile)
+    _to_device(model, tc, device)
     lr = tc.lr * tc.batch_size / tc.lr_batch
     if tc.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
@@ -212,7 +234,6 @@ def fit(model: nn.Module, cfg, seed: int, device: torch.device, checkpoint_dir: 
         np.random.set_state(state["rng_numpy"])
         start_epoch, history = state["epoch"] + 1, state["history"]
 
-    val_views_per_clip = None
     metrics = history[-1] if history else {}
     progress = Progress(progress_every_s, steps_per_epoch, tc.epochs, on_progress)
     for epoch in range(start_epoch, tc.epochs + 1):
@@ -242,14 +263,7 @@ def fit(model: nn.Module, cfg, seed: int, device: torch.device, checkpoint_dir: 
             progress.step(step + 1, seen, loss_sum)
         metrics = {"train_loss": loss_sum / seen, "lr": scheduler.get_last_lr()[0], "epoch_seconds": time.time() - t0}
         if epoch % tc.eval_every == 0 or epoch == tc.epochs:
-            if val_views_per_clip is None:
-                val_views_per_clip = val_ds[0][0].shape[0]
-            val_loader = _loader(val_ds, max(1, tc.batch_size // val_views_per_clip), False, workers, seed)
-            scores = evaluate(model, val_loader, device, tc.amp)
-            details = {k: scores.pop(k) for k in EVALUATION_DETAILS if k in scores}
-            metrics.update(scores)
-            if on_evaluate is not None:
-                on_evaluate(details, epoch)
+            metrics.update(_validate(model, val_ds, cfg, device, seed, workers, on_evaluate, epoch))
         metrics["epoch"] = epoch
         history.append(metrics)
         if ckpt is not None:

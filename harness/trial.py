@@ -178,6 +178,8 @@ def _train(job, cfg, seed, device, model, run: TrialRun, meta: dict, work: Path,
     trained = fit(model, cfg, seed=seed, device=device, checkpoint_dir=work, on_epoch=on_epoch,
                   on_evaluate=lambda details, epoch: log_evaluation(run, details), cpus=cpus,
                   on_progress=on_progress, progress_every_s=job.get("progress_every_s", 30.0))
+    if cfg.train.epochs == 0:  # evaluation only: no epoch ran, so the result is logged here
+        run.log_metrics({k: v for k, v in trained.items() if k != "epochs"}, step=0)
     run.log_metrics({"epochs": trained["epochs"]})
     return trained
 

@@ -153,8 +153,11 @@ CASES = [
     ("dropout 1", mutate(("base/model/dropout", 1)), [], ONE_LINE),
     ("num_classes 0", mutate(("base/model/num_classes", 0)), [], ONE_LINE),
     ("channel_shuffle (retired)", mutate(("base/model/channel_shuffle", True)), [], ONE_LINE),
+    ("layout a word", mutate(("base/model/layout", "authors")), [], ONE_LINE),
+    ("release_checkpoint a number", mutate(("base/model/release_checkpoint", 5)), [], ONE_LINE),
+    ("release_checkpoint not on disk", mutate(("base/model/release_checkpoint", "/no/such/gsf.pth.tar")), [], ONE_LINE),
     ("epochs true", mutate(("base/train/epochs", True)), [], ONE_LINE),
-    ("epochs 0", mutate(("base/train/epochs", 0)), [], ONE_LINE),
+    ("epochs -1", mutate(("base/train/epochs", -1)), [], ONE_LINE),
     ("epochs 1e9", mutate(("base/train/epochs", 10**9)), [], ONE_LINE),
     ("batch_size 0", mutate(("base/train/batch_size", 0)), [], ONE_LINE),
     ("lr 0", mutate(("base/train/lr", 0)), [], ONE_LINE),
@@ -191,6 +194,7 @@ CASES = [
     ("lr: 1e-4 without a dot", text(yaml.safe_dump(VALID)).replace(b"batch_size: 16", b"batch_size: 16\n    lr: 1e-4"),
      [], ACCEPTED),  # a float in YAML 1.2, a string in PyYAML's 1.1
     ("root on a synthetic dataset", mutate(("base/data/root", "/no/such")), [], ACCEPTED),  # a profile may switch
+    ("epochs 0", mutate(("base/train/epochs", 0)), [], ACCEPTED),  # evaluation only
     # --- the command line
     ("--profile not defined", None, ["--profile", "gpu"], ONE_LINE),
     ("--cpus-per-trial nan", None, ["--cpus-per-trial", "nan"], ONE_LINE),

@@ -43,6 +43,10 @@ class DataConfig(BaseModel):
                      or "auto" (pair category names that differ only by left <-> right)
       workers        DataLoader worker processes (default: the trial's CPUs, --cpus-per-trial,
                      minus one for the training process; 0 loads in the training process)
+      normalize      "imagenet" (default): RGB / 255, ImageNet mean and std | "caffe_bgr": BGR
+                     on the 0-255 scale minus (104, 117, 128), std 1 — what BN-Inception
+                     (Caffe-converted) weights and the authors' released BN-Inception and
+                     Inception-v3 expect (gsf.release.RELEASED gives each released backbone's)
 
     Real datasets (required: root, train_list, val_list, categories; a relative root is taken
     from the directory the sweep command runs in, other relative paths and the folders/videos
@@ -75,6 +79,9 @@ class DataConfig(BaseModel):
     flip_label_map: Union[_Lax[dict[int, int]], _Lax[list[tuple[int, int]]], str, None] = None
     workers: int | None = Field(None, ge=0, le=256, description=(
         "DataLoader worker processes; default (None): the trial's CPUs (--cpus-per-trial) minus one"))
+    normalize: Literal["imagenet", "caffe_bgr"] = Field(
+        "imagenet", description='input normalisation: "imagenet" (RGB / 255, ImageNet mean/std) or "caffe_bgr" '
+        "(BGR 0-255 minus (104, 117, 128), std 1)")
 
     root: _Lax[Path] | None = Field(None, description=(
         "the dataset's folder; relative: to the directory the sweep command runs in"))

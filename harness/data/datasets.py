@@ -385,7 +385,7 @@ class ClipDataset(Dataset):
             for frames in self.source.read(i, clips):
                 x = tf.resize_short(tf.to_float(frames), self.cfg.resize_to)
                 views += tf.crops(x, self.cfg.crop_size, self.num_crops)
-            return tf.normalise(torch.stack(views)), label
+            return tf.normalise(torch.stack(views), self.cfg.normalize), label
         # Without a draw, augmentation draws from torch's RNG (seeded per DataLoader worker and
         # by torch.manual_seed); training passes draws made in one place (``AugmentedSampler``),
         # so a run's clips do not depend on how many workers loaded them.
@@ -401,7 +401,7 @@ class ClipDataset(Dataset):
         if self.cfg.flip and rng.random() < 0.5:
             x = x.flip(-1)
             label = self.flip_labels.get(label, label)
-        return tf.normalise(x), label
+        return tf.normalise(x, self.cfg.normalize), label
 
 
 def build_datasets(cfg: DataConfig, num_frames: int = 8, seed: int = 0) -> tuple[ClipDataset, ClipDataset]:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255  # ImageNet, 0-255 scale
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+CAFFE_BGR_MEAN = torch.tensor([104.0, 117.0, 128.0]).view(1, 3, 1, 1)  # B, G, R
 SCALES = (1.0, 0.875, 0.75, 0.66)  # TSN multi-scale crop
 
 
@@ -36,7 +37,11 @@ def to_float(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).float()
 
 
-def normalise(x: torch.Tensor) -> torch.Tensor:
+def normalise(x: torch.Tensor, mode: str = "imagenet") -> torch.Tensor:
+    """RGB frames (..., 3, H, W) on the 0-255 scale -> the model's input: "imagenet" (mean/std of
+    RGB / 255) or "caffe_bgr" (channels reversed to BGR, minus the Caffe mean, std 1)."""
+    if mode == "caffe_bgr":
+        return x.flip(-3) - CAFFE_BGR_MEAN
     return (x - MEAN) / STD
 
 
