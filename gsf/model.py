@@ -1,53 +1,222 @@
-"""The TSN video classifier and ``build_model``, the one entry point the harness uses.
+"""The TSN video classifier, its options (``ModelConfig``) and ``build_model``.
 
-Add your own temporal module or backbone by registering it in ``TEMPORAL_MODULES`` or
-``BACKBONES``; a spec can then name it in its ``model`` section.
+``ModelConfig`` is the one source of the model's options: ``build_model(**options)`` validates
+its keyword arguments with it, and a spec's ``model`` section is the same model. An option
+marked ``passed_to: module`` goes to the temporal module, one marked ``backbone`` to the
+backbone builder, each only if its signature names it (``gsf.registry``); setting one that the
+module or backbone does not take is an error, not a silently dropped value.
 """
 from __future__ import annotations
 
-import inspect
-from functools import partial
-from typing import Any, Callable
+import json
+import os
+from functools import lru_cache
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 from torch import nn
 
-from .backbones.bninception import build_bninception
-from .backbones.inception_v3 import build_inception_v3
-from .backbones.resnet import build_resnet18, build_resnet34, build_resnet50, build_resnet101
-from .modules import GSF, SpatioTemporalShift, TemporalShift
+from .backbones import bninception, inception_v3, resnet  # noqa: F401 (each registers its backbones)
+from .modules import GSF  # noqa: F401 (gsf.py and shift.py register the modules)
+from .registry import NO_MODULE, RESERVED_OPTIONS, TIMM_PREFIX, did_you_mean, get_backbone, get_module, module_options
 
-# name -> factory(channels, num_frames, **options) -> nn.Module. ``options`` always holds
-# shift_ratio, gating and fusion, ``layout`` when it is "release", plus the spec's
-# ``module_options``; a factory takes what it needs.
-TEMPORAL_MODULES: dict[str, Callable[..., nn.Module] | None] = {
-    "gsf": lambda c, t, shift_ratio, gating, fusion, layout="paper", impl="auto", **_: GSF(
-        c, t, shift_ratio, gating, fusion, layout, impl=impl),
-    "gsm": lambda c, t, shift_ratio, gating, layout="paper", impl="auto", **_: GSF(
-        c, t, shift_ratio, gating, "sum", layout, impl=impl),
-    "tsm": lambda c, t, fold_div=8, impl="auto", **_: TemporalShift(c, t, fold_div, impl),
-    "stsm": lambda c, t, temporal_fold_div=8, spatial_fold_div=16, impl="auto", **_: SpatioTemporalShift(
-        c, t, temporal_fold_div, spatial_fold_div, impl),
-    "none": None,
-}
+# Who an option is passed to (Field's json_schema_extra): the temporal module or the backbone builder.
+MODULE, BACKBONE = "module", "backbone"
 
 
-class BackboneSpec:
-    """A backbone builder with the paper's defaults for where the module goes."""
-
-    def __init__(self, build: Callable[..., nn.Module], placement: str, shift_ratio: float, placements: tuple[str, ...]):
-        self.build, self.placement, self.shift_ratio, self.placements = build, placement, shift_ratio, placements
+def _to(*who: str) -> dict[str, list[str]]:
+    return {"passed_to": list(who)}
 
 
-_INCEPTION_PLACEMENTS = ("branch1", "branch2", "branch3", "branch4", "all")
-BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(build_resnet18, "conv2", 0.25, ("conv1", "conv2", "all", "input")),
-    "resnet34": BackboneSpec(build_resnet34, "conv2", 0.25, ("conv1", "conv2", "all", "input")),
-    "resnet50": BackboneSpec(build_resnet50, "conv3", 0.25, ("conv1", "conv2", "conv3", "all", "input")),
-    "resnet101": BackboneSpec(build_resnet101, "conv3", 0.25, ("conv1", "conv2", "conv3", "all", "input")),
-    "bninception": BackboneSpec(build_bninception, "branch4", 1.0, _INCEPTION_PLACEMENTS),
-    "inception_v3": BackboneSpec(build_inception_v3, "branch4", 1.0, ("branch4",)),
-}
+class ModelConfig(BaseModel):
+    """The keyword arguments of ``build_model``, and a spec's ``model`` section."""
+
+    # strict: "8" is not a count and true is not 1 (YAML and pydantic would otherwise coerce them)
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    backbone: str = Field("resnet50", description="a registered backbone (gsf.list_backbones()) or timm/<name>")
+    module: str = Field("gsf", description="a registered temporal module (gsf.list_modules()); none: TSN")
+    num_classes: int = Field(174, ge=1, le=100_000, description="classes the classifier predicts")
+    num_frames: int = Field(8, ge=1, le=256, description="frames per clip (T)")
+    shift_ratio: float | None = Field(
+        None, json_schema_extra=_to(MODULE),
+        description="fraction of channels gated/shifted/fused, in (0, 1]; None: the backbone's default")
+    gating: Literal["learned"] | Annotated[float, Field(ge=-1, le=1)] = Field(
+        "learned", json_schema_extra=_to(MODULE),
+        description='"learned", or a fixed gate in [-1, 1] (1: TSM-like, -1: TDN-like, 0: TSN)')
+    fusion: Literal["learned", "sum"] = Field("learned", json_schema_extra=_to(MODULE),
+                                              description='"learned", or "sum" (GSM)')
+    layout: Literal["paper", "release"] | None = Field(
+        None, json_schema_extra=_to(MODULE, BACKBONE),
+        description='"paper" (default): the paper\'s equations and our insertion points; "release": what the '
+        "authors' released code computes (GSF's shift directions and channel order, GSF between the host conv "
+        'and its BN, their Inception-v3 variant). Default "release" with release_checkpoint.')
+    placement: str | None = Field(
+        None, json_schema_extra=_to(BACKBONE),
+        description="where the module goes: one of the backbone's placements, or a glob over its module "
+                    "names (timm/...); None: the backbone's default")
+    num_blocks: int | None = Field(None, ge=0, le=1000, json_schema_extra=_to(BACKBONE),
+                                   description="only the last N blocks (matches) get a module (None: all)")
+    pretrained: str | None = Field(None, json_schema_extra=_to(BACKBONE),
+                                   description="a local ImageNet weights file for the backbone (never downloaded)")
+    width_mult: float = Field(1.0, ge=1 / 64, le=4, json_schema_extra=_to(BACKBONE),
+                              description="backbone channel multiplier (thin CPU stand-ins)")
+    dropout: float = Field(0.5, ge=0, lt=1, description="dropout before the classifier")
+    module_options: dict[str, Any] = Field(
+        {}, description="more keyword arguments for the module, those its signature names (e.g. impl, fold_div)")
+    release_checkpoint: str | None = Field(
+        None, description="A checkpoint file of the authors' release (swathikirans/GSF, main.py's .pth.tar): "
+        "builds the model it holds in the release layout and loads its weights (torch.load weights_only=True). "
+        "A relative path is taken from the folder the sweep is started in.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data):
+        if isinstance(data, dict) and "channel_shuffle" in data:
+            raise ValueError("channel_shuffle was removed: it interleaved the two groups, which is neither the "
+                             "paper's order nor the authors' release's; use layout: release for the release's")
+        return data
+
+    # Field validators run only on the values given, so these see exactly what a caller (or a spec,
+    # merged over base, profile, variant and axes) set. ``context={"partial": True}`` skips the checks
+    # across fields, for a spec's base section, which a variant may complete.
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        get_backbone(v)
+        return v
+
+    @field_validator("module")
+    @classmethod
+    def _known_module(cls, v: str) -> str:
+        get_module(v)
+        return v
+
+    @field_validator("shift_ratio")
+    @classmethod
+    def _ratio(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and not 0.0 < v <= 1.0:
+            raise ValueError(f"shift_ratio must be in (0, 1], got {v}")
+        return _module_takes(v, info)
+
+    _common = field_validator("gating", "fusion")(lambda cls, v, info: _module_takes(v, info))
+
+    @field_validator("layout")
+    @classmethod
+    def _layout(cls, v: str | None, info: ValidationInfo) -> str | None:
+        name = info.data.get("backbone")
+        if v is not None and not _partial(info) and name is not None:
+            taken = get_backbone(name).options
+            if taken is not None and "layout" not in taken:
+                raise ValueError(f"backbone {name!r} has no {v!r} layout (its builder takes no layout)")
+        return _module_takes(v, info)
+
+    @field_validator("release_checkpoint")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        # A trial runs in its own working folder: the path must not depend on it.
+        return None if v is None else os.path.abspath(os.path.expanduser(v))
+
+    @field_validator("placement", "num_blocks", "pretrained", "width_mult")
+    @classmethod
+    def _backbone_takes(cls, v, info: ValidationInfo):
+        name = info.data.get("backbone")
+        if _partial(info) or name is None:
+            return v
+        backbone = get_backbone(name)
+        taken = backbone.options
+        if taken is not None and info.field_name not in taken:
+            if name.startswith(TIMM_PREFIX) and info.field_name == "width_mult":
+                raise ValueError(f"width_mult does not apply to {name}: timm models are not width-scaled "
+                                 "(pick a smaller timm model instead, e.g. resnet18d, regnetx_002)")
+            raise ValueError(f"backbone {name!r} does not take {info.field_name} (its options: {', '.join(taken)})")
+        if info.field_name == "placement" and v is not None:
+            backbone.check_placement(v)
+        return v
+
+    @field_validator("module_options")
+    @classmethod
+    def _module_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        module = info.data.get("module")
+        if _partial(info) or module in (None, NO_MODULE):
+            return v
+        taken = module_options(module)
+        for key in v:
+            if key in _fields(MODULE):
+                raise ValueError(f"{key!r}: set model.{key}, not module_options.{key}")
+            if key in RESERVED_OPTIONS:
+                raise ValueError(f"{key!r}: the backbone sets it where the module's input allows, not a spec")
+            if taken is not None and key not in taken:
+                allowed = [k for k in taken if k not in _fields(MODULE)]
+                raise ValueError(f"{key!r} is not an option of module {module!r}{did_you_mean(key, allowed)}; "
+                                 f"allowed: {', '.join(allowed) or 'none'}")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _only_what_applies(self, handler):
+        """A dump (a trial's config, its hash, its MLflow params) holds only the options this module
+        and backbone take: a TSM row has no gating to show or to tell two rows apart by."""
+        return {k: v for k, v in handler(self).items() if k not in self.not_applicable()}
+
+    def takes(self, who: str) -> tuple[str, ...] | None:
+        """The keyword options the module (MODULE) or the backbone builder (BACKBONE) takes; None: any."""
+        if who == MODULE:
+            return module_options(self.module)
+        return get_backbone(self.backbone).options
+
+    def not_applicable(self) -> set[str]:
+        """The options none of whose receivers takes them."""
+        takes = {MODULE: self.takes(MODULE), BACKBONE: self.takes(BACKBONE)}
+        out = {k for k in {*_fields(MODULE), *_fields(BACKBONE)}
+               if all(takes[w] is not None and k not in takes[w] for w in _receivers(k))}
+        return out | ({"module_options"} if self.module == NO_MODULE else set())
+
+    def module_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments the module gets: the common options it takes, and ``module_options``."""
+        shift_ratio = self.shift_ratio if self.shift_ratio is not None else get_backbone(self.backbone).default_shift_ratio
+        common = {k: getattr(self, k) for k in _fields(MODULE)} | {"shift_ratio": shift_ratio}
+        taken = self.takes(MODULE)
+        # An option left None is not passed: the module's own default applies.
+        return {k: v for k, v in common.items() if (taken is None or k in taken) and v is not None} | self.module_options
+
+    def backbone_kwargs(self, pretrained: bool = True) -> dict[str, Any]:
+        """The keyword arguments the backbone builder gets (after ``insert``)."""
+        backbone = get_backbone(self.backbone)
+        placement = self.placement or backbone.default_placement
+        if self.module != NO_MODULE:
+            placement = backbone.check_placement(self.placement)
+        values = {"placement": placement, "num_blocks": self.num_blocks,
+                  "pretrained": self.pretrained if pretrained else None, "width_mult": self.width_mult,
+                  "layout": self.layout}
+        taken = self.takes(BACKBONE)
+        return {k: v for k, v in values.items() if (taken is None or k in taken) and not (k == "layout" and v is None)}
+
+
+def _module_takes(v, info: ValidationInfo):
+    module = info.data.get("module")
+    if _partial(info) or module in (None, NO_MODULE) or v is None:
+        return v
+    taken = module_options(module)
+    if taken is not None and info.field_name not in taken:
+        raise ValueError(f"module {module!r} does not take {info.field_name} (its options: "
+                         f"{', '.join(taken) or 'none'}); set it only on rows whose module does")
+    return v
+
+
+def _partial(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("partial"))
+
+
+def _receivers(field_name: str) -> list[str]:
+    return (ModelConfig.model_fields[field_name].json_schema_extra or {}).get("passed_to", [])
+
+
+@lru_cache(maxsize=None)
+def _fields(who: str) -> tuple[str, ...]:
+    """The options passed to ``who`` (MODULE or BACKBONE)."""
+    return tuple(k for k, f in ModelConfig.model_fields.items() if who in (f.json_schema_extra or {}).get("passed_to", ()))
 
 
 class TSN(nn.Module):
@@ -73,66 +242,52 @@ class TSN(nn.Module):
         return logits.view(b, t, -1).mean(dim=1)
 
 
-def build_model(
-    backbone: str = "resnet50",
-    module: str = "gsf",
-    num_classes: int = 174,
-    num_frames: int = 8,
-    shift_ratio: float | None = None,
-    gating: str | float = "learned",
-    fusion: str = "learned",
-    placement: str | None = None,
-    num_blocks: int | None = None,
-    pretrained: str | None = None,
-    width_mult: float = 1.0,
-    dropout: float = 0.5,
-    module_options: dict[str, Any] | None = None,
-    layout: str | None = None,
-    release_checkpoint: str | None = None,
-) -> TSN:
-    """Build a TSN video classifier with ``module`` inserted into ``backbone``.
+def build_model(**options: Any) -> TSN:
+    """A TSN video classifier with ``module`` inserted into ``backbone``; ``options`` are
+    ``ModelConfig``'s fields (e.g. ``backbone="resnet50", module="gsf", placement="conv3"``).
 
-    ``placement``, ``shift_ratio`` default to the paper's final configuration for the backbone
-    (ResNet: after conv3 on 25% of the channels; Inception: the 1x1 branch, 100%).
-
-    The authors' release (``gsf/release.py``): ``layout="release"`` builds their arrangement
-    (GSF's release layout, placed between the host conv and its BatchNorm, and their
-    Inception-v3 variant); ``release_checkpoint=PATH`` builds the model a released checkpoint
-    holds (``layout`` then defaults to "release") and loads its weights.
+    ``placement`` and ``shift_ratio`` default to the backbone's registered values, the paper's
+    final configuration for the built-in ones (ResNet-50: after conv3 on 25% of the channels;
+    Inception: the 1x1 branch, 100%).
     """
-    if release_checkpoint is not None:
+    return _build(ModelConfig.model_validate(options))
+
+
+def _build(cfg: ModelConfig, pretrained: bool = True) -> TSN:
+    if cfg.release_checkpoint is not None:
         from .release import build_released_model
 
-        return build_released_model(
-            release_checkpoint, backbone=backbone, module=module, num_classes=num_classes, num_frames=num_frames,
-            shift_ratio=shift_ratio, gating=gating, fusion=fusion, placement=placement, num_blocks=num_blocks,
-            pretrained=pretrained, width_mult=width_mult, dropout=dropout, module_options=module_options,
-            layout=layout)
-    layout = layout or "paper"
-    if layout not in ("paper", "release"):
-        raise ValueError(f"layout must be 'paper' or 'release', got {layout!r}")
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; registered: {sorted(BACKBONES)}")
-    if module not in TEMPORAL_MODULES:
-        raise ValueError(f"unknown module {module!r}; registered: {sorted(TEMPORAL_MODULES)}")
-    spec = BACKBONES[backbone]
-    placement = placement or spec.placement
-    if placement not in spec.placements:
-        raise ValueError(f"placement {placement!r} is not one of {list(spec.placements)} for {backbone}")
-    factory = TEMPORAL_MODULES[module]
-    release = {}
-    if layout == "release":
-        if module not in ("gsf", "gsm", "none"):
-            raise ValueError(f"layout='release' is the authors' released GSF; module {module!r} has no release layout")
-        if "layout" not in inspect.signature(spec.build).parameters:
-            raise ValueError(f"backbone {backbone!r} has no release layout (its builder takes no 'layout')")
-        release = {"layout": layout}
+        options = {k: getattr(cfg, k) for k in ModelConfig.model_fields if k != "release_checkpoint"}
+        return build_released_model(cfg.release_checkpoint, **options)
+    factory = get_module(cfg.module)
     insert = None
     if factory is not None:
-        options = dict(
-            shift_ratio=spec.shift_ratio if shift_ratio is None else shift_ratio,
-            gating=gating, fusion=fusion, **release, **(module_options or {}))
-        insert = partial(factory, t=num_frames, **options)
-    features = spec.build(insert, placement=placement, num_blocks=num_blocks, pretrained=pretrained,
-                          width_mult=width_mult, **release)
-    return TSN(features, num_classes, num_frames, dropout)
+        kwargs = cfg.module_kwargs()
+
+        def insert(channels: int) -> nn.Module:
+            return factory(channels, cfg.num_frames, **kwargs)
+
+    features = get_backbone(cfg.backbone).build(insert, **cfg.backbone_kwargs(pretrained))
+    return TSN(features, cfg.num_classes, cfg.num_frames, cfg.dropout)
+
+
+def check_buildable(cfg: ModelConfig) -> None:
+    """Build ``cfg``'s model on the meta device (no memory, no weights read): a ValueError for what
+    only building tells (num_blocks beyond the backbone's blocks, a glob that matches nothing, a
+    module refusing its channels), before any trial starts. A release checkpoint's model is what
+    its file holds: the trial reads it."""
+    if cfg.release_checkpoint is not None:
+        return
+    _check_buildable(json.dumps(cfg.model_dump(mode="json"), sort_keys=True))
+
+
+@lru_cache(maxsize=256)
+def _check_buildable(blob: str) -> None:
+    cfg = ModelConfig.model_validate(json.loads(blob))
+    try:
+        with torch.device("meta"):
+            _build(cfg, pretrained=False)
+    except (ValueError, TypeError) as e:
+        raise ValueError(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__) from None
+    except Exception:  # noqa: BLE001 (code that cannot run on the meta device: the trial builds it for real)
+        pass

@@ -1,14 +1,15 @@
 """Per-frame 2D backbones with insertion points for a temporal module.
 
-Every builder has the signature::
+Every builder is registered where it is defined (``gsf.register_backbone``, with the placements
+it takes and its defaults) and has the signature (the options after ``insert`` it supports)::
 
     build_X(insert, placement, num_blocks, pretrained, width_mult) -> nn.Module
 
 - ``insert(channels) -> nn.Module``: makes the temporal module for a point with that many
   channels (``None``: plain TSN backbone, nothing inserted). Where the module's input is a fresh
   activation that nothing else reads, the builder passes the module through ``on_fresh_input``.
-- ``placement``: where in each block the module goes (backbone-specific words, listed in
-  ``PLACEMENTS``).
+- ``placement``: where in each block the module goes: backbone-specific words (its registered
+  ``placements``), or a glob over module names (``pattern.py``; ``timm_models.py``: any timm CNN).
 - ``num_blocks``: only the last N blocks get a module (``None``: all of them).
 - ``pretrained``: path of a local ImageNet state dict (never downloaded), or ``None``.
 - ``width_mult``: scales every channel count (small models for CPU smoke runs; 1.0 = the paper's).

@@ -75,6 +75,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from ..registry import register_backbone
 from . import Insert, blocks_to_convert, on_fresh_input
 
 __all__ = ["BNInception", "build_bninception", "caffe_state_dict", "load_pretrained", "PLACEMENTS", "BLOCK_NAMES", "INPUT_SIZE"]
@@ -290,6 +291,7 @@ def _reverse(mapping: dict[str, str], natives: list[str]) -> list[str]:
     return [back.get(k, k) for k in natives]
 
 
+@register_backbone("bninception", PLACEMENTS, "branch4", 1.0)
 def build_bninception(insert: Insert | None, placement: str = "branch4", num_blocks: int | None = None,
                       pretrained: str | os.PathLike | None = None, width_mult: float = 1.0,
                       layout: str = "paper") -> BNInception:

@@ -44,6 +44,7 @@ from torch import nn
 from torchvision.models.inception import (Inception3, InceptionA, InceptionAux, InceptionB, InceptionC, InceptionD,
                                           InceptionE)
 
+from ..registry import register_backbone
 from . import Insert, blocks_to_convert, on_fresh_input
 
 __all__ = ["build_inception_v3", "PLACEMENTS", "BLOCK_NAMES", "INPUT_SIZE"]
@@ -133,6 +134,7 @@ def _release_inception_v3() -> Inception3:
     return net
 
 
+@register_backbone("inception_v3", PLACEMENTS, "branch4", 1.0)
 def build_inception_v3(insert: Insert | None, placement: str = "branch4", num_blocks: int | None = None,
                        pretrained: str | os.PathLike | None = None, width_mult: float = 1.0,
                        layout: str = "paper") -> nn.Module:

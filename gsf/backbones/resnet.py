@@ -22,10 +22,12 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ..registry import register_backbone
 from . import Insert, blocks_to_convert, on_fresh_input
 from .weights import load_state_dict
 
 PLACEMENTS = ("conv1", "conv2", "conv3", "all", "input")
+BASIC_PLACEMENTS = tuple(p for p in PLACEMENTS if p != "conv3")  # basic blocks have two convs
 
 
 class TemporalBlock(nn.Module):
@@ -35,9 +37,9 @@ class TemporalBlock(nn.Module):
         super().__init__()
         bottleneck = isinstance(block, Bottleneck)
         convs = ("conv1", "conv2", "conv3") if bottleneck else ("conv1", "conv2")
-        if placement not in PLACEMENTS or (placement == "conv3" and not bottleneck):
-            allowed = [p for p in PLACEMENTS if bottleneck or p != "conv3"]
-            raise ValueError(f"placement {placement!r} is not one of {allowed} for {type(block).__name__}")
+        allowed = PLACEMENTS if bottleneck else BASIC_PLACEMENTS
+        if placement not in allowed:
+            raise ValueError(f"placement {placement!r} is not one of {list(allowed)} for {type(block).__name__}")
         self.block = block
         self.before_bn = layout == "release"
         wanted = convs if placement == "all" else (placement,)
@@ -127,7 +129,7 @@ def build_resnet(
     block,
     layers: list[int],
     insert: Insert | None,
-    placement: str = "conv3",
+    placement: str,
     num_blocks: int | None = None,
     pretrained: str | None = None,
     width_mult: float = 1.0,
@@ -140,15 +142,19 @@ def build_resnet(
     if insert is None:
         return features
     blocks = features.blocks()
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement {placement!r} is not one of {list(PLACEMENTS)}")
     n = blocks_to_convert(num_blocks, len(blocks), "ResNet")
     for layer, i in blocks[len(blocks) - n:]:
         layer[i] = TemporalBlock(layer[i], insert, placement, layout)
     return features
 
 
-build_resnet18 = partial(build_resnet, BasicBlock, [2, 2, 2, 2])
-build_resnet34 = partial(build_resnet, BasicBlock, [3, 4, 6, 3])
-build_resnet50 = partial(build_resnet, Bottleneck, [3, 4, 6, 3])
-build_resnet101 = partial(build_resnet, Bottleneck, [3, 4, 23, 3])
+# The paper's final configuration: 25% of the channels; ResNet-50/101 after conv3 (the authors'
+# release, Table 3's best), basic blocks after conv2.
+build_resnet18 = register_backbone("resnet18", BASIC_PLACEMENTS, "conv2", 0.25)(
+    partial(build_resnet, BasicBlock, [2, 2, 2, 2]))
+build_resnet34 = register_backbone("resnet34", BASIC_PLACEMENTS, "conv2", 0.25)(
+    partial(build_resnet, BasicBlock, [3, 4, 6, 3]))
+build_resnet50 = register_backbone("resnet50", PLACEMENTS, "conv3", 0.25)(
+    partial(build_resnet, Bottleneck, [3, 4, 6, 3]))
+build_resnet101 = register_backbone("resnet101", PLACEMENTS, "conv3", 0.25)(
+    partial(build_resnet, Bottleneck, [3, 4, 23, 3]))

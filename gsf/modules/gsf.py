@@ -13,12 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..registry import register_module
 from . import _gsf_fast
 from ._impl import check_impl, use_fast
 
 LAYOUTS = ("paper", "release")
 
 
+@register_module("gsf")
 class GSF(nn.Module):
     """Gate-Shift-Fuse on frames ``(N*T, C, H, W)``, the frames of a clip consecutive (TSN layout).
 
@@ -171,6 +173,13 @@ class GSF(nn.Module):
         return (f"channels={self.channels}, processed={self.processed}, num_frames={self.num_frames}, "
                 f"gating={self.gating!r}, fusion={self.fusion!r}, layout={self.layout!r}, "
                 f"inplace={self.inplace}, impl={self.impl!r}")
+
+
+@register_module("gsm")
+def gsm(channels: int, num_frames: int, shift_ratio: float = 1.0, gating: str | float = "learned",
+        layout: str = "paper", impl: str = "auto") -> GSF:
+    """Gate-Shift Module (Sudhakaran et al., CVPR 2020): GSF with fusion by summation."""
+    return GSF(channels, num_frames, shift_ratio, gating, "sum", layout, impl=impl)
 
 
 def processed_channels(channels: int, shift_ratio: float, layout: str = "paper") -> int:

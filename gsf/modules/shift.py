@@ -11,9 +11,11 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ..registry import register_module
 from ._impl import check_impl, use_fast
 
 
+@register_module("tsm")
 class TemporalShift(nn.Module):
     """TSM (Lin et al., ICCV 2019): 1/``fold_div`` of the channels shifted each way in time, zero-padded."""
 
@@ -42,6 +44,7 @@ class TemporalShift(nn.Module):
         return out.view(nt, c, h, w)
 
 
+@register_module("stsm")
 class SpatioTemporalShift(nn.Module):
     """A spatio-temporal shift in the spirit of STSM (parameter-free, zero-padded).
 
