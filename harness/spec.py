@@ -5,6 +5,8 @@ A spec::
     name: table4_resnet50_shift_ratio      # optional, defaults to the file stem
     description: ...
     paper_table: table4_resnet50_shift_ratio.csv   # optional, in reports/paper/
+    imports: [my_module]                   # optional: your own modules (gsf.register_module ...),
+                                           # importable from this file's folder or the environment
     base:     {model: {...}, data: {...}, train: {...}, measure: {...}}
     grid:
       variants:                            # named rows, each overriding dotted keys
@@ -36,6 +38,9 @@ from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
+from gsf.model import ModelConfig, check_buildable
+from gsf.registry import get_backbone, get_module
+from harness import usercode
 from harness.data import DataConfig
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "reports" / "paper"
@@ -167,73 +172,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class ModelConfig(_Strict):
-    """Keyword arguments of ``gsf.build_model``."""
-
-    backbone: str = "resnet50"
-    module: str = "gsf"
-    num_classes: int = Field(174, ge=1, le=100_000, description="classes the classifier predicts")
-    num_frames: int = Field(8, ge=1, le=256, description="frames per clip (T)")
-    shift_ratio: float | None = Field(None, description="fraction of channels gated/shifted/fused, in (0, 1]")
-    gating: Literal["learned"] | Annotated[float, Field(ge=-1, le=1)] = Field(
-        "learned", description='"learned", or a fixed gate in [-1, 1] (1: TSM-like, -1: TDN-like, 0: TSN)')
-    fusion: Literal["learned", "sum"] = "learned"
-    placement: str | None = None
-    num_blocks: int | None = Field(None, ge=0, le=64, description="only the last N blocks get a module (None: all)")
-    pretrained: str | None = Field(None, description=(
-        "local file of ImageNet weights (never downloaded); relative: to the directory the sweep command runs in"))
-    width_mult: float = Field(1.0, ge=1 / 64, le=4, description="backbone channel multiplier (thin CPU stand-ins)")
-    dropout: float = Field(0.5, ge=0, lt=1)
-    module_options: dict[str, Any] = {}
-    # The authors' release (gsf/release.py).
-    layout: Literal["paper", "release"] | None = Field(
-        None, description='"paper" (default): the paper\'s equations and our insertion points; "release": what '
-        "the authors' released code computes (GSF's shift directions and channel order, GSF between the host conv "
-        'and its BN, their Inception-v3 variant). Default "release" with release_checkpoint.')
-    release_checkpoint: str | None = Field(
-        None, description="A checkpoint file of the authors' release (swathikirans/GSF, main.py's .pth.tar): "
-        "builds the model it holds in the release layout and loads its weights (torch.load weights_only=True). "
-        "A relative path is taken from the folder the sweep is started in.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _retired(cls, data):
-        if isinstance(data, dict) and "channel_shuffle" in data:
-            raise ValueError("channel_shuffle was removed: it interleaved the two groups, which is neither the "
-                             "paper's order nor the authors' release's; use layout: release for the release's")
-        return data
-
-    @field_validator("release_checkpoint")
-    @classmethod
-    def _absolute(cls, v: str | None) -> str | None:
-        # A trial runs in its own working folder: the path must not depend on it.
-        return None if v is None else os.path.abspath(os.path.expanduser(v))
-
-    @field_validator("backbone", "module")
-    @classmethod
-    def _registered(cls, v: str, info) -> str:
-        import gsf
-
-        registry = gsf.BACKBONES if info.field_name == "backbone" else gsf.TEMPORAL_MODULES
-        if v not in registry:
-            raise ValueError(f"unknown {info.field_name} {v!r}; allowed: {', '.join(sorted(registry))}")
-        return v
-
-    @field_validator("shift_ratio")
-    @classmethod
-    def _ratio(cls, v: float | None) -> float | None:
-        if v is not None and not 0.0 < v <= 1.0:
-            raise ValueError(f"shift_ratio must be in (0, 1], got {v}")
-        return v
-
-    def check_placement(self) -> None:
-        from gsf import BACKBONES
-
-        allowed = BACKBONES[self.backbone].placements
-        if self.placement is not None and self.placement not in allowed:
-            raise ValueError(f"placement {self.placement!r} is not allowed for {self.backbone}; allowed: {', '.join(allowed)}")
-
-
 def _compile_backend(v: bool | str) -> bool | str:
     """``compile``: a bool, or the name of a torch.compile backend."""
     if isinstance(v, bool):
@@ -333,10 +271,16 @@ class Grid(_Strict):
     axes: dict[str, list[Any]] = {}
 
 
+MODULE_NAME = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+
+
 class SpecFile(_Strict):
     name: str | None = None
     description: str = ""
     paper_table: str | None = None
+    imports: list[Annotated[str, Field(pattern=f"^{MODULE_NAME}$")]] = Field(
+        [], max_length=100, description="Python modules to import first (from the spec's folder or the "
+        "environment), in the driver and in every trial: what they register is usable in model")
     base: dict[str, Any] = {}
     grid: Grid = Grid()
     seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(
@@ -357,10 +301,16 @@ class Trial:
     seed: int
     paper_row: dict[str, Any] | None
     baseline: str | None = None
-    hash: str = field(init=False)
+    baseline_model: dict[str, Any] | None = None  # the baseline variant's model at this grid point
+    code: str = ""  # digest of the code that defines the model (usercode.code_sources)
+    user_modules: tuple[str, ...] = ()  # the user's modules in that code (none: gsf alone)
+    hash: str = field(init=False)  # the trial's identity: config, baseline model and code
+    config_key: str = field(init=False)  # the same without the code: finds runs of older code
 
     def __post_init__(self):
-        object.__setattr__(self, "hash", config_hash(self.config))
+        key = {"config": self.config, "baseline_model": self.baseline_model}
+        object.__setattr__(self, "config_key", config_hash(key))
+        object.__setattr__(self, "hash", config_hash({**key, "code": self.code}))
 
     @property
     def label(self) -> str:
@@ -379,6 +329,13 @@ class Spec:
     trials: list[Trial]
     axis_keys: list[str]
     claims: list[tuple[str, str]] = field(default_factory=list)  # (better, worse) variant names
+    imports: list[str] = field(default_factory=list)  # the spec's imports, as written
+    user_modules: list[str] = field(default_factory=list)  # top-level modules of the user's code they loaded
+    code_sources: dict[str, str] = field(default_factory=dict)  # file -> sha256, gsf's and the user's
+
+    def trial_sources(self, trial: Trial) -> dict[str, str]:
+        """The files (and their sha256) of the code in ``trial``'s identity."""
+        return usercode.files_of(self.code_sources, trial.user_modules)
 
 
 def parse_claims(claims: list[str], names: list[str], path: Path) -> list[tuple[str, str]]:
@@ -510,10 +467,24 @@ def load_spec(path: str | Path, profile: str | None = None, cwd: str | Path | No
         allowed = ", ".join(spec.profiles) or "none defined"
         raise SpecError(f"{path}: profile {profile!r} is not defined in 'profiles'; allowed: {allowed}")
 
+    try:
+        user_modules = usercode.import_modules(spec.imports, path.resolve().parent)
+    except usercode.ImportFailed as e:
+        where = f" (looked in {path.resolve().parent} and the environment)" if e.not_found else ""
+        raise SpecError(f"{path}: {e}{where}") from None
+    sources = usercode.code_sources(user_modules)
+
+    def code_of(*models: dict | None) -> tuple[tuple[str, ...], str]:
+        """The user modules in the identity of a trial with these models, and its code digest."""
+        parts = [get_module(m["module"]) for m in models if m] + [get_backbone(m["backbone"]).build for m in models if m]
+        mine = tuple(user_modules) if usercode.uses(parts, user_modules) else ()
+        return mine, usercode.digest(usercode.files_of(sources, mine))
+
     override = spec.profiles[profile] if profile else {}
     base = _merge(spec.base, override)
     try:
-        TrialConfig.model_validate(base)
+        # Checks across keys wait for the grid points: a variant may complete the base.
+        TrialConfig.model_validate(base, context={"partial": True})
     except ValidationError as e:
         loc = e.errors()[0]["loc"]
         where = f"profiles.{profile}" if _has_path(override, loc) else "base"
@@ -535,7 +506,7 @@ def load_spec(path: str | Path, profile: str | None = None, cwd: str | Path | No
             raise SpecError(f"{path}: grid.axes.{key}: needs at least one value")
         _no_repeats(path, f"grid.axes.{key}", values)
     _no_repeats(path, "seeds", spec.seeds)
-    trials, declared = [], []
+    points = []  # (variant, axes, resolved config)
     for i, variant in enumerate(variants):
         for combo in itertools.product(*spec.grid.axes.values()):
             point = copy.deepcopy(base)
@@ -547,22 +518,31 @@ def load_spec(path: str | Path, profile: str | None = None, cwd: str | Path | No
             where = f"grid.variants[{i}] ({variant.name})" if variant.name else "base"
             try:
                 resolved = TrialConfig.model_validate(point)
-                resolved.model.check_placement()
+                check_buildable(resolved.model)
             except ValidationError as e:
+                key = _where(_field_loc(e.errors()[0]["loc"]))
+                if key in axes and key not in variant.set:
+                    where = "grid.axes"
                 raise SpecError(_pydantic_message(path, where, e, TrialConfig)) from None
             except ValueError as e:
-                raise SpecError(f"{path}: {where}: model.placement: {e}") from None
-            for seed in spec.seeds:
-                config = absolute_paths(resolved.model_dump(mode="json"), cwd)
-                config["seed"] = seed
-                trials.append(Trial(config, variant.name, axes, seed, variant.paper_row, variant.baseline))
-                declared.append({**variant.set, **axes})
+                raise SpecError(f"{path}: {where}: model: {e}") from None
+            points.append((variant, axes, absolute_paths(resolved.model_dump(mode="json"), cwd)))
+    model_at = {(v.name, json.dumps(axes, sort_keys=True)): config["model"] for v, axes, config in points}
+    trials, declared = [], []
+    for variant, axes, config in points:
+        baseline_model = model_at[variant.baseline, json.dumps(axes, sort_keys=True)] if variant.baseline else None
+        mine, code = code_of(config["model"], baseline_model)
+        for seed in spec.seeds:
+            trials.append(Trial({**copy.deepcopy(config), "seed": seed}, variant.name, axes, seed, variant.paper_row,
+                                variant.baseline, baseline_model, code, mine))
+            declared.append({**variant.set, **axes})
     first: dict[str, int] = {}
     for j, trial in enumerate(trials):
-        i = first.setdefault(trial.hash, j)
+        i = first.setdefault(config_hash(trial.config), j)  # rows of one model, whatever their baselines
         if i != j:
             raise SpecError(f"{path}: grid: {_collision(trials[i], trials[j], declared[i], declared[j])}")
-    return Spec(path, name, spec.description, profile or "", paper_table, trials, axis_keys, claims)
+    return Spec(path, name, spec.description, profile or "", paper_table, trials, axis_keys, claims,
+                spec.imports, user_modules, sources)
 
 
 def _no_repeats(path: Path, where: str, values: list) -> None:
@@ -580,7 +560,7 @@ def _collision(a: Trial, b: Trial, set_a: dict, set_b: dict) -> str:
     parts = []
     for k in keys:
         section, field_name = k.split(".")
-        value = a.config[section][field_name]
+        value = a.config[section].get(field_name, "not applicable")
         parts.append(f"{k}: {set_a.get(k, 'unset')!r} vs {set_b.get(k, 'unset')!r}, both {value!r}")
     why = f" (they differ only in {'; '.join(parts)})" if parts else ""
     return f"{a.label!r} and {b.label!r} resolve to the same config{why}; make them differ or drop one"

@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         finished = {} if args.fresh else tracking.finished_trials(client, spec.name)
         todo = [t for t in spec.trials if _pick_runs(finished, t.hash, args.measure_only) is None]
         check_release_checkpoints(spec, todo)
+        by_config = {} if args.fresh else tracking.finished_trials(client, spec.name, "config_key")
+        code_changed = _code_changed(spec, todo, by_config, args.measure_only)
         if not args.measure_only and not args.cluster:
             check_data(spec, todo)  # on a cluster, on every node once Ray is up (check_nodes)
     except SpecError as e:
@@ -195,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         print("harness.sweep: interrupted before any trial started; nothing ran", file=sys.stderr)
         return INTERRUPTED
 
+    if code_changed:
+        print(code_changed, flush=True)
     if stale:
         print(f"closed {stale} run(s) left RUNNING by an earlier driver of this results dir as KILLED", flush=True)
     evaluate_only = all(t.config["train"]["epochs"] == 0 for t in spec.trials)  # train.epochs: 0
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                 storage.write_text(marker, json.dumps({"driver": f"pid {os.getpid()} on {socket.gethostname()}"}))
             except OSError as e:
                 raise SpecError(f"--storage {store}: cannot write {marker} there: {e}") from None
-            _start_ray(args)
+            _start_ray(args, spec)
             if args.cluster:
                 check_nodes(spec, todo, uri, marker, args)
             parent = tracking.start_parent(client, spec.name, {
@@ -284,6 +288,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _code_changed(spec: Spec, todo, by_config: dict[str, list[Any]], measure_only: bool) -> str:
+    """The line saying which trials re-run because the model's code changed since their finished
+    runs (same config, another code digest), and which files changed; "" when none."""
+    from harness.usercode import changed_files
+
+    again = [(t, run) for t in todo if (run := _pick_runs(by_config, t.config_key, measure_only)) is not None]
+    if not again:
+        return ""
+    files = set()
+    for t, run in again:
+        try:
+            files.update(changed_files(json.loads(run.data.tags.get("model_code_sources", "{}")), spec.trial_sources(t)))
+        except json.JSONDecodeError:
+            pass
+    shown = sorted(files)[:6] + (["..."] if len(files) > 6 else [])
+    return (f"{len(again)} trial{'s' if len(again) != 1 else ''} re-run: model code changed since their runs"
+            + (f" ({', '.join(shown)})" if shown else ""))
+
+
 def _command(argv: list[str] | None) -> list[str]:
     """This command line, minus --fresh (resuming must not start over)."""
     words = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--fresh"]
@@ -296,11 +319,13 @@ def _job(spec: Spec, trial, uri: str, parent: str, results_dir: Path, args, comm
         "spec": spec.name, "profile": spec.profile, "tracking_uri": uri, "parent_run_id": parent,
         "results_dir": str(results_dir), "measure_only": args.measure_only, "git_commit": commit,
         "gpus": args.gpus_per_trial, "cpus_per_trial": args.cpus_per_trial, "progress_every_s": args.progress_every,
+        "config_key": trial.config_key, "model_code_digest": trial.code,
+        # The worker imports these first (what they register is used in the model), and checks that
+        # the code it runs is the code this driver's identity of the trial was computed from.
+        "imports": spec.imports, "import_folder": str(spec.path.resolve().parent), "user_modules": list(trial.user_modules),
     }
-    if trial.baseline:
-        # The baseline's model at the same grid point: the trial times both side by side.
-        base = next(t for t in spec.trials if t.variant == trial.baseline and t.axes == trial.axes)
-        job["baseline_model"] = base.config["model"]
+    if trial.baseline_model is not None:
+        job["baseline_model"] = trial.baseline_model  # the trial times both side by side
     return job
 
 
@@ -328,19 +353,23 @@ def runtime_env(extra_modules: list[Path] = ()) -> dict[str, Any]:
 _EMPTY_DIR: tempfile.TemporaryDirectory | None = None
 
 
-def _start_ray(args) -> None:
-    """Connect to (or start) Ray with the project's code in its runtime_env, and refuse requests
-    no node of it could ever grant: Ray would otherwise wait for ever, warning once a minute."""
+def _start_ray(args, spec: Spec) -> None:
+    """Connect to (or start) Ray with the project's code and the spec's own modules (its
+    ``imports:`` from outside the environment) in its runtime_env, and refuse requests no node of
+    it could ever grant: Ray would otherwise wait for ever, warning once a minute."""
     import logging
 
     import ray
 
+    from harness.usercode import py_modules
+
+    env = runtime_env([Path(m) for m in py_modules(spec.user_modules)])
     logging.getLogger("ray._private.runtime_env.packaging").setLevel(logging.WARNING)  # a line per package shipped
     if args.cluster:
-        ray.init(address=args.cluster, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env())
+        ray.init(address=args.cluster, include_dashboard=False, log_to_driver=False, runtime_env=env)
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 runtime_env=runtime_env())
+                 runtime_env=env)
     problem = unschedulable([n["Resources"] for n in ray.nodes() if n.get("Alive")],
                             args.cpus_per_trial, args.gpus_per_trial)
     if problem:

@@ -151,8 +151,9 @@ def start_parent(client: MlflowClient, spec_name: str, tags: dict[str, str], art
     return run.info.run_id
 
 
-def finished_trials(client: MlflowClient, spec_name: str) -> dict[str, list[Any]]:
-    """trial hash -> this spec's FINISHED trial runs, newest first."""
+def finished_trials(client: MlflowClient, spec_name: str, key: str = "trial_hash") -> dict[str, list[Any]]:
+    """Tag ``key`` (the trial hash; ``config_key``: the same config of any code) -> this spec's
+    FINISHED trial runs, newest first."""
     exp = client.get_experiment_by_name(spec_name)
     if exp is None:
         return {}
@@ -160,7 +161,7 @@ def finished_trials(client: MlflowClient, spec_name: str) -> dict[str, list[Any]
                               order_by=["attributes.start_time DESC"], max_results=50000)
     out: dict[str, list[Any]] = {}
     for run in runs:
-        out.setdefault(run.data.tags.get("trial_hash"), []).append(run)
+        out.setdefault(run.data.tags.get(key), []).append(run)
     return out
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from gsf import build_model
-from harness import storage
+from harness import storage, usercode
 from harness.measure import measure, relative_cost
 from harness.run_info import log_evaluation, trial_params, trial_tags, where_it_runs
 from harness.spec import TrialConfig
@@ -54,7 +54,9 @@ def identity(job: dict[str, Any], device_name: str) -> tuple[dict[str, Any], dic
     a run from Ray's results)."""
     seed = str(int(job["config"].get("seed", 0)))
     params = {**job["config"], "measure_only": job["measure_only"], **trial_params(job)}
-    tags = {"trial_hash": job["hash"], "profile": job.get("profile", ""), "variant": job.get("variant", ""),
+    tags = {"trial_hash": job["hash"], "config_key": job.get("config_key", ""),
+            "model_code_digest": job.get("model_code_digest", ""),
+            "profile": job.get("profile", ""), "variant": job.get("variant", ""),
             "seed": seed, "device": device_name, "git_commit": job.get("git_commit", "unknown"),
             "measure_only": str(job["measure_only"])}
     return params, tags
@@ -90,6 +92,7 @@ def run_trial(job: dict[str, Any], report: Callable[..., None] | None = None, ch
     ``report(metrics, checkpoint_dir=None)``: Ray Tune's report; a folder given is the trial's
     checkpoint for that epoch. ``checkpoint``: a ``ray.tune.Checkpoint`` to resume from."""
     report = report or (lambda metrics, checkpoint_dir=None: None)
+    code = check_code(job)
     cfg = TrialConfig.model_validate({k: v for k, v in job["config"].items() if k != "seed"})
     seed = int(job["config"].get("seed", 0))
     use_cuda = torch.cuda.is_available() and job.get("gpus", 0) > 0
@@ -102,7 +105,8 @@ def run_trial(job: dict[str, Any], report: Callable[..., None] | None = None, ch
         meta = restore(checkpoint, work, job["hash"])
         params, tags = identity(job, describe_device(device))
         run = TrialRun(job["tracking_uri"], job["spec"], job.get("parent_run_id"), job["label"], params,
-                       {**tags, **trial_tags(job, device), **here}, checkpoint_run_id=meta.get("run_id"))
+                       {**tags, **trial_tags(job, device), **here, **code_tags(job, code)},
+                       checkpoint_run_id=meta.get("run_id"))
         attempt = int(run.earlier.get("attempt", 0)) + 1
         where = f"{here['host']} (Ray node {here['ray_node_id'][:12]}) from epoch {meta.get('epoch', 0) + 1}"
         attempts = "; ".join(filter(None, [run.earlier.get("attempts"), f"{attempt}: {where}"]))
@@ -182,6 +186,29 @@ def _train(job, cfg, seed, device, model, run: TrialRun, meta: dict, work: Path,
         run.log_metrics({k: v for k, v in trained.items() if k != "epochs"}, step=0)
     run.log_metrics({"epochs": trained["epochs"]})
     return trained
+
+
+def check_code(job: dict[str, Any]) -> dict[str, str]:
+    """Import the spec's modules here (a Ray worker imports only gsf by itself), and return the
+    sources of the model's code; a digest other than the driver's (a node with other code, or a
+    file edited since the sweep started) fails the trial: its identity would not be its code."""
+    try:
+        usercode.import_modules(job.get("imports", []), job.get("import_folder"), first=False)
+    except usercode.ImportFailed as e:
+        raise RuntimeError(f"{e} (on {platform.node()})") from None
+    code = usercode.code_sources(job.get("user_modules", []))
+    expected = job.get("model_code_digest")
+    if expected and usercode.digest(code) != expected:
+        raise RuntimeError(f"the model's code on {platform.node()} is not the code the sweep started with "
+                           f"(digest {usercode.digest(code)}, expected {expected}); re-run the sweep to "
+                           "run its trials with the current code")
+    return code
+
+
+def code_tags(job: dict[str, Any], code: dict[str, str]) -> dict[str, str]:
+    """The files (and sha256) of the model's code this trial ran, and where it found the user's."""
+    return {"model_code_sources": json.dumps(code, sort_keys=True),
+            "user_code": json.dumps(usercode.py_modules(job.get("user_modules", [])))}
 
 
 def tune_trainable(config: dict[str, Any]) -> None:

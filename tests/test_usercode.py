@@ -1,0 +1,125 @@
+"""A researcher's own module, from a folder outside the project, through real Ray workers.
+
+The README's "Your own module" example (its two files, read from README.md so that the README
+cannot drift from what is tested) runs as a user would run it: ``python -m harness.sweep
+my_spec.yaml`` in its own folder. Its table row has params, FLOPs and latency beside TSM's, its
+trials imported the copy Ray shipped in the job's runtime_env, and after an edit of the module
+only the row built from it runs again. Bad specs are exit 2 with one line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "PYTHONPATH"):
+    ENV.pop(key, None)
+
+
+def readme_example() -> dict[str, str]:
+    """file name -> text of the code blocks of README.md's "Your own module" section that start
+    with a ``# <file name>`` line."""
+    section = ROOT.joinpath("README.md").read_text().split("## Your own module", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(?:python|yaml)\n# (\S+)\n(.*?)```", section, flags=re.S)
+    return {name: text for name, text in blocks}
+
+
+def _write_example(folder: Path, **replace: tuple[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in readme_example().items():
+        old, new = replace.get(name.replace(".", "_"), ("", ""))
+        assert old in text, (name, old)
+        (folder / name).write_text(text.replace(old, new, 1))
+    return folder / "my_spec.yaml"
+
+
+def _sweep(spec: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The sweep as a user runs it: in the spec's folder, outside the project."""
+    return subprocess.run([sys.executable, "-m", "harness.sweep", spec.name, *extra], cwd=spec.parent,
+                          capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def test_readme_example_is_complete():
+    example = readme_example()
+    assert set(example) == {"my_module.py", "my_spec.yaml"}
+    assert "imports: [my_module]" in example["my_spec.yaml"]
+    assert len(example["my_module.py"].splitlines()) + len(example["my_spec.yaml"].splitlines()) <= 35
+
+
+@pytest.mark.timeout(900)
+def test_own_module_from_outside_the_project_through_ray_workers_and_rerun_after_an_edit(tmp_path):
+    spec = _write_example(tmp_path / "my_research")
+    assert not spec.resolve().is_relative_to(ROOT)
+    first = _sweep(spec)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "3 trials, 0 already finished, 3 to run" in first.stdout
+
+    results = spec.parent / "results"
+    table = pd.read_csv(results / "my_spec" / "table.csv").set_index("variant")
+    assert list(table.index) == ["mine", "TSM", "TSN"]
+    for col in ("top1", "params_M", "GFLOPs", "latency_ms"):
+        assert table[col].notna().all(), col
+    # tconv's temporal convs have weights, TSM's shift has none: TSM is TSN's size.
+    assert table.loc["mine", "params_M"] > table.loc["TSM", "params_M"] == table.loc["TSN", "params_M"]
+    assert table.loc["mine", "GFLOPs"] > table.loc["TSN", "GFLOPs"]
+    assert table[["latency_x"]].loc[["mine", "TSM"]].notna().all().all()
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("my_spec")
+    runs = {r.data.tags["variant"]: r for r in client.search_runs([exp.experiment_id], "tags.kind = 'trial'")}
+    assert runs["mine"].data.params["model.module"] == "tconv"
+    # The trial found my_module in the copy Ray shipped (runtime_env py_modules), not the user's folder.
+    shipped = json.loads(runs["mine"].data.tags["user_code"])
+    assert len(shipped) == 1 and "runtime_resources" in shipped[0] and shipped[0].endswith("my_module.py"), shipped
+    assert "my_module.py" in json.loads(runs["mine"].data.tags["code_sources"])
+    assert json.loads(runs["TSM"].data.tags["user_code"]) == []
+    assert "my_module.py" not in json.loads(runs["TSM"].data.tags["code_sources"])
+
+    # Edit the module: the row built from it runs again and the first line says why; TSM and TSN
+    # (gsf's code alone, unchanged) are skipped.
+    module = spec.parent / "my_module.py"
+    module.write_text(module.read_text().replace("bias=False", "bias=True"))
+    again = _sweep(spec)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    lines = again.stdout.splitlines()
+    assert lines[0] == "1 trial re-run: model code changed since their runs (my_module.py)", lines[:3]
+    assert "3 trials, 2 already finished, 1 to run" in lines[1]
+    rerun = pd.read_csv(results / "my_spec" / "table.csv").set_index("variant")
+    assert rerun.loc["TSM", "top1"] == table.loc["TSM", "top1"]
+    mine = client.search_runs([exp.experiment_id], "tags.kind = 'trial' and tags.variant = 'mine'",
+                              order_by=["attributes.start_time DESC"])
+    assert len(mine) == 2 and len({r.data.tags["code_digest"] for r in mine}) == 2
+    newest = json.loads(mine[0].data.tags["code_sources"])["my_module.py"]
+    assert newest == hashlib.sha256(module.read_bytes()).hexdigest(), "the new run ran the edited file"
+    assert len(client.search_runs([exp.experiment_id], "tags.kind = 'trial'")) == 4
+
+
+@pytest.mark.parametrize("replace,needle", [
+    ({"my_spec_yaml": ("{kernel: 3}", "{kernal: 3}")},
+     "my_spec.yaml: grid.variants[0] (mine).model.module_options: 'kernal' is not an option of module 'tconv' "
+     "(did you mean 'kernel'?); allowed: kernel"),
+    ({"my_spec_yaml": ("imports: [my_module]", "imports: [my_modul]")},
+     "my_spec.yaml: imports[0]: cannot import 'my_modul': ModuleNotFoundError: No module named 'my_modul' "
+     "(looked in "),
+    # an error inside the user's module: its last line, naming the file and line
+    ({"my_module_py": ("import gsf\n", "import gsf\nfrom torch import nn as\n")},
+     "my_spec.yaml: imports[0]: cannot import 'my_module': SyntaxError: invalid syntax (my_module.py, line 5)"),
+    ({"my_spec_yaml": ("backbone: resnet18", "backbone: timm/resnet50dd")},
+     "my_spec.yaml: base.model.backbone: unknown timm model 'resnet50dd'; close matches: resnet50d, "),
+], ids=["module-option", "missing-import", "broken-import", "timm-name"])
+def test_bad_user_specs_exit_2_with_one_line(tmp_path, replace, needle):
+    spec = _write_example(tmp_path / "my_research", **replace)
+    proc = _sweep(spec, "--dry-run", timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert needle in lines[0], lines[0]
