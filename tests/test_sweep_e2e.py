@@ -22,13 +22,15 @@ SYNTHETIC = {"dataset": "synthetic", "num_classes": 4, "train_size": 64, "val_si
              "frame_size": 32, "input_size": 32}
 
 
-def _spec(tmp_path: Path, variants: list[dict], name: str = "mini", claims: list[str] | None = None) -> Path:
+def _spec(tmp_path: Path, variants: list[dict], name: str = "mini", claims: list[str] | None = None,
+          shift_ratio: float | None = 0.5) -> Path:
+    """A tiny spec; ``shift_ratio=None`` for grids with TSM rows (TSM takes no shift_ratio)."""
     spec = {
         "description": "a tiny Table 5",
         "paper_table": "table5_components.csv",
         "base": {
             "model": {"backbone": "resnet18", "width_mult": 0.125, "num_classes": 4, "num_frames": 4,
-                      "module": "gsf", "shift_ratio": 0.5},
+                      "module": "gsf", **({"shift_ratio": shift_ratio} if shift_ratio else {})},
             "data": SYNTHETIC,
             "train": {"epochs": 2, "batch_size": 16, "warmup_epochs": 0, "lr": 0.05},
             "measure": {"input_size": 32, "latency_runs": 20, "latency_warmup": 1},
@@ -138,7 +140,7 @@ def test_failed_trial_exits_1_and_keeps_the_others(tmp_path):
         # a batch larger than the 64-clip training set: this trial fails when training starts
         {"name": "broken", "set": {"model.module": "tsm", "train.batch_size": 128}},
     ]
-    path, results = _spec(tmp_path, variants, "failing"), tmp_path / "results"
+    path, results = _spec(tmp_path, variants, "failing", shift_ratio=None), tmp_path / "results"
     spec = yaml.safe_load(path.read_text())
     spec["seeds"] = [0]
     spec["base"]["train"]["epochs"] = 1
@@ -180,7 +182,7 @@ def test_two_drivers_ctrl_c_and_a_dead_driver(tmp_path):
     Ctrl-C mid-epoch exits 130 and says how to resume; a SIGKILLed driver's RUNNING runs are
     closed by the next driver, which finishes the sweep."""
     variants = [{"name": "TSM", "set": {"model.module": "tsm"}}, {"name": "GSF"}]
-    path, results = _spec(tmp_path, variants, "ctrlc"), tmp_path / "results dir"  # a space is fine
+    path, results = _spec(tmp_path, variants, "ctrlc", shift_ratio=None), tmp_path / "results dir"  # a space is fine
     spec = yaml.safe_load(path.read_text())
     spec["seeds"] = [0]
     spec["base"]["train"]["epochs"] = 4
@@ -232,7 +234,8 @@ def test_two_drivers_ctrl_c_and_a_dead_driver(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_gpu_request_on_a_machine_without_one_exits_2(tmp_path):
-    path, results = _spec(tmp_path, [{"name": "TSM", "set": {"model.module": "tsm"}}], "nogpu"), tmp_path / "r"
+    variants = [{"name": "TSM", "set": {"model.module": "tsm"}}]
+    path, results = _spec(tmp_path, variants, "nogpu", shift_ratio=None), tmp_path / "r"
     t0 = time.time()
     proc = _sweep(path, results, "--gpus-per-trial", "1", "--cpus-per-trial", "1")
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "INFO" not in line]

@@ -13,8 +13,7 @@ from harness.spec import TrialConfig
 from harness.trial import run_trial
 
 CONFIG = {
-    "model": {"backbone": "resnet18", "width_mult": 0.125, "module": "tsm", "num_classes": 4, "num_frames": 4,
-              "shift_ratio": 0.5},
+    "model": {"backbone": "resnet18", "width_mult": 0.125, "module": "tsm", "num_classes": 4, "num_frames": 4},
     "data": {"dataset": "synthetic", "num_classes": 4, "train_size": 16, "val_size": 8, "frame_size": 32,
              "input_size": 32},
     "train": {"epochs": 2, "batch_size": 8, "warmup_epochs": 0},
