@@ -39,8 +39,14 @@ def import_modules(names: list[str], folder: str | Path | None, first: bool = Tr
     script's folder is; else last, where a Ray worker finds the copies its runtime_env shipped
     first); returns the top-level modules whose code they brought in from outside the
     environment (theirs and the local helpers they import)."""
-    if folder is not None and str(folder) not in sys.path:
-        sys.path.insert(0 if first else len(sys.path), str(folder))
+    if folder is not None and first and str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    elif folder is not None and not first:
+        # Ray hands workers the driver's sys.path, this folder included: move it behind the copies
+        # runtime_env shipped, which are the driver's files on any node.
+        while str(folder) in sys.path:
+            sys.path.remove(str(folder))
+        sys.path.append(str(folder))
     tops: set[str] = set()
     for i, name in enumerate(names):
         if name not in _brought_in:

@@ -81,9 +81,9 @@ def test_own_module_from_outside_the_project_through_ray_workers_and_rerun_after
     # The trial found my_module in the copy Ray shipped (runtime_env py_modules), not the user's folder.
     shipped = json.loads(runs["mine"].data.tags["user_code"])
     assert len(shipped) == 1 and "runtime_resources" in shipped[0] and shipped[0].endswith("my_module.py"), shipped
-    assert "my_module.py" in json.loads(runs["mine"].data.tags["code_sources"])
+    assert "my_module.py" in json.loads(runs["mine"].data.tags["model_code_sources"])
     assert json.loads(runs["TSM"].data.tags["user_code"]) == []
-    assert "my_module.py" not in json.loads(runs["TSM"].data.tags["code_sources"])
+    assert "my_module.py" not in json.loads(runs["TSM"].data.tags["model_code_sources"])
 
     # Edit the module: the row built from it runs again and the first line says why; TSM and TSN
     # (gsf's code alone, unchanged) are skipped.
@@ -98,8 +98,8 @@ def test_own_module_from_outside_the_project_through_ray_workers_and_rerun_after
     assert rerun.loc["TSM", "top1"] == table.loc["TSM", "top1"]
     mine = client.search_runs([exp.experiment_id], "tags.kind = 'trial' and tags.variant = 'mine'",
                               order_by=["attributes.start_time DESC"])
-    assert len(mine) == 2 and len({r.data.tags["code_digest"] for r in mine}) == 2
-    newest = json.loads(mine[0].data.tags["code_sources"])["my_module.py"]
+    assert len(mine) == 2 and len({r.data.tags["model_code_digest"] for r in mine}) == 2
+    newest = json.loads(mine[0].data.tags["model_code_sources"])["my_module.py"]
     assert newest == hashlib.sha256(module.read_bytes()).hexdigest(), "the new run ran the edited file"
     assert len(client.search_runs([exp.experiment_id], "tags.kind = 'trial'")) == 4
 
@@ -123,3 +123,17 @@ def test_bad_user_specs_exit_2_with_one_line(tmp_path, replace, needle):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
     assert needle in lines[0], lines[0]
+
+
+def test_a_trial_refuses_code_other_than_the_drivers(tmp_path):
+    """A node with another copy of the module (or a file edited after the sweep started) fails
+    the trial: its results would be recorded under the identity of code it did not run."""
+    from harness.trial import check_code
+
+    (tmp_path / "other_module.py").write_text("X = 1\n")
+    job = {"imports": ["other_module"], "import_folder": str(tmp_path), "user_modules": ["other_module"]}
+    code = check_code(job)
+    assert code["other_module.py"] == hashlib.sha256(b"X = 1\n").hexdigest()
+    assert "gsf/modules/gsf.py" in code and not any("__pycache__" in k for k in code)
+    with pytest.raises(RuntimeError, match="not the code the sweep started with"):
+        check_code({**job, "model_code_digest": "0" * 12})
