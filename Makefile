@@ -10,7 +10,7 @@ SWEEP       := RAY_AUTH_MODE=disabled RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 $(PY)
 
 .PHONY: install test test-slow mlflow-ui mlflow-server report report-screenshot clean \
         ablation-table1 ablation-table2 ablation-table3 ablation-table4 ablation-table5 \
-        ablation-table6 ablation-table7 ablation-shift-ratio ablation-table12 ablation-table8-released
+        ablation-table6 ablation-table7 ablation-shift-ratio ablation-table12 ablation-table8-released ablation-timm
 
 install: $(STAMP)
 
@@ -35,6 +35,8 @@ ablation-table3: $(STAMP)
 	$(SWEEP) ablations/table3_resnet50_placement.yaml --profile $(PROFILE) --results-dir $(RESULTS) $(SWEEP_ARGS)
 ablation-table4: $(STAMP)
 	$(SWEEP) ablations/table4_resnet50_shift_ratio.yaml --profile $(PROFILE) --results-dir $(RESULTS) $(SWEEP_ARGS)
+ablation-timm: $(STAMP)
+	$(SWEEP) ablations/timm_backbones.yaml --profile $(PROFILE) --results-dir $(RESULTS) $(SWEEP_ARGS)
 ablation-table5: $(STAMP)
 	$(SWEEP) ablations/table5_components.yaml --profile $(PROFILE) --results-dir $(RESULTS) $(SWEEP_ARGS)
 ablation-table6: $(STAMP)
