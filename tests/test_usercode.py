@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,3 +138,22 @@ def test_a_trial_refuses_code_other_than_the_drivers(tmp_path):
     assert "gsf/modules/gsf.py" in code and not any("__pycache__" in k for k in code)
     with pytest.raises(RuntimeError, match="not the code the sweep started with"):
         check_code({**job, "model_code_digest": "0" * 12})
+
+
+def test_a_trials_identity_holds_its_baselines_model(tmp_path):
+    """GSF's row times its baseline beside itself (latency_x): another baseline model is another
+    result, so GSF re-runs when only TSN's row changed."""
+    from harness.spec import load_spec
+
+    def gsf_hash(tsn_dropout: float) -> str:
+        spec = {"base": {"model": {"backbone": "resnet18", "width_mult": 0.125, "num_classes": 4, "num_frames": 4}},
+                "grid": {"variants": [{"name": "GSF", "baseline": "TSN"},
+                                      {"name": "TSN", "set": {"model.module": "none", "model.dropout": tsn_dropout}}]}}
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        trials = {t.variant: t for t in load_spec(path).trials}
+        assert trials["GSF"].baseline_model == trials["TSN"].config["model"]
+        return trials["GSF"].hash, trials["GSF"].config
+
+    (a, config_a), (b, config_b) = gsf_hash(0.5), gsf_hash(0.2)
+    assert config_a == config_b and a != b
