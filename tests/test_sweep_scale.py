@@ -17,8 +17,7 @@ from PIL import Image
 
 from cluster import ENV, ROOT, Processes, can_unshare, free_port, in_namespace, mlflow_server, ray_node, wait_for_http
 
-SMALL_MODEL = {"backbone": "resnet18", "width_mult": 0.125, "num_classes": 3, "num_frames": 4, "module": "tsm",
-               "shift_ratio": 0.5}
+SMALL_MODEL = {"backbone": "resnet18", "width_mult": 0.125, "num_classes": 3, "num_frames": 4, "module": "tsm"}
 MEASURE = {"input_size": 32, "latency_runs": 20, "latency_warmup": 1}
 
 
