@@ -59,7 +59,8 @@ class ModelConfig(BaseModel):
     num_blocks: int | None = Field(None, ge=0, le=1000, json_schema_extra=_to(BACKBONE),
                                    description="only the last N blocks (matches) get a module (None: all)")
     pretrained: str | None = Field(None, json_schema_extra=_to(BACKBONE),
-                                   description="a local ImageNet weights file for the backbone (never downloaded)")
+                                   description="a local ImageNet weights file for the backbone (never downloaded); "
+                                   "in a spec, relative to the directory the sweep command runs in")
     width_mult: float = Field(1.0, ge=1 / 64, le=4, json_schema_extra=_to(BACKBONE),
                               description="backbone channel multiplier (thin CPU stand-ins)")
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout before the classifier")

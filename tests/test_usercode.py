@@ -21,6 +21,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from cluster import ENV as CLUSTER_ENV
+from cluster import Processes, can_unshare, free_port, in_namespace, mlflow_server, ray_node, wait_for_http
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
 for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "PYTHONPATH"):
@@ -157,3 +160,32 @@ def test_a_trials_identity_holds_its_baselines_model(tmp_path):
 
     (a, config_a), (b, config_b) = gsf_hash(0.5), gsf_hash(0.2)
     assert config_a == config_b and a != b
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not can_unshare(), reason="needs private mount namespaces (unshare -m)")
+def test_own_module_reaches_a_node_that_does_not_see_the_users_folder(tmp_path):
+    """A Ray node (``ray start``, as on another machine) whose view of the user's folder is an
+    empty folder: its trial imports my_module from the copy the job's runtime_env shipped."""
+    spec = _write_example(tmp_path / "my_research")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    procs = Processes()
+    port, ray_port = free_port(), free_port()
+    try:
+        server = mlflow_server(procs, "127.0.0.1", port, tmp_path / "server", f"127.0.0.1:{port},localhost:*")
+        ray_node(procs, tmp_path / "head.log", ray_port, head=True, cpus=1,
+                 wrap=lambda c: in_namespace(c, mounts=((empty, spec.parent),)))
+        wait_for_http(f"http://127.0.0.1:{port}/health", server)
+        proc = subprocess.run([sys.executable, "-m", "harness.sweep", spec.name, "--measure-only", "--address",
+                               f"127.0.0.1:{ray_port}"], cwd=spec.parent, capture_output=True, text=True, timeout=500,
+                              env={**CLUSTER_ENV, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+    finally:
+        procs.stop_all()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("my_spec")
+    (mine,) = client.search_runs([exp.experiment_id], "tags.kind = 'trial' and tags.variant = 'mine'")
+    shipped = json.loads(mine.data.tags["user_code"])
+    assert len(shipped) == 1 and "runtime_resources" in shipped[0], shipped
+    assert mine.data.metrics["params_M"] > 0
