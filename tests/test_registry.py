@@ -106,7 +106,7 @@ def test_unset_common_options_are_not_passed_and_not_dumped():
     (its trials' hashes and MLflow params), so they cannot tell two TSM rows apart."""
     cfg = gsf.ModelConfig(module="tsm", module_options={"fold_div": 4})
     assert cfg.module_kwargs() == {"fold_div": 4}
-    assert {"shift_ratio", "gating", "fusion", "channel_shuffle"}.isdisjoint(cfg.model_dump())
+    assert {"shift_ratio", "gating", "fusion"}.isdisjoint(cfg.model_dump())
     assert "width_mult" not in gsf.ModelConfig(backbone="timm/resnet18d").model_dump()
     assert "module_options" not in gsf.ModelConfig(module="none", module_options={"impl": "fast"}).model_dump()
 
