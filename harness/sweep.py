@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
 def _code_changed(spec: Spec, todo, by_config: dict[str, list[Any]], measure_only: bool) -> str:
     """The line saying which trials re-run because the model's code changed since their finished
     runs (same config, another code digest), and which files changed; "" when none."""
-    from harness.usercode import changed_files
+    from harness.usercode import changed_files, listing
 
     again = [(t, run) for t in todo if (run := _pick_runs(by_config, t.config_key, measure_only)) is not None]
     if not again:
@@ -299,9 +299,11 @@ def _code_changed(spec: Spec, todo, by_config: dict[str, list[Any]], measure_onl
     files = set()
     for t, run in again:
         try:
-            files.update(changed_files(json.loads(run.data.tags.get("model_code_sources", "{}")), spec.trial_sources(t)))
+            listed = json.loads(run.data.tags.get("model_code_sources", "{}"))
         except json.JSONDecodeError:
-            pass
+            listed = {}
+        if listed:  # {}: too many files for the tag (or no tag); the digest alone said "changed"
+            files.update(changed_files(listed, listing(spec.trial_sources(t))))
     shown = sorted(files)[:6] + (["..."] if len(files) > 6 else [])
     return (f"{len(again)} trial{'s' if len(again) != 1 else ''} re-run: model code changed since their runs"
             + (f" ({', '.join(shown)})" if shown else ""))

@@ -206,8 +206,13 @@ def check_code(job: dict[str, Any]) -> dict[str, str]:
 
 
 def code_tags(job: dict[str, Any], code: dict[str, str]) -> dict[str, str]:
-    """The files (and sha256) of the model's code this trial ran, and where it found the user's."""
-    return {"model_code_sources": json.dumps(code, sort_keys=True),
+    """The files (and sha256 prefixes) of the model's code this trial ran, and where it found the
+    user's. Code of more files than one MLflow tag can list is listed as {}: its digest still
+    decides whether the trial re-runs, only the re-run line names no files."""
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    listed = json.dumps(usercode.listing(code), sort_keys=True)
+    return {"model_code_sources": listed if len(listed) <= MAX_TAG_VAL_LENGTH else "{}",
             "user_code": json.dumps(usercode.py_modules(job.get("user_modules", [])))}
 
 

@@ -108,6 +108,12 @@ def files_of(sources: dict[str, str], user_modules) -> dict[str, str]:
     return {k: v for k, v in sources.items() if k.partition("/")[0] in tops or k.removesuffix(".py") in tops}
 
 
+def listing(sources: dict[str, str]) -> dict[str, str]:
+    """``sources`` with each sha256 cut to 16 hex digits: what a run's ``model_code_sources`` tag
+    lists (MLflow holds at most 8,000 characters a tag; the digest stays the identity)."""
+    return {k: v[:16] for k, v in sources.items()}
+
+
 def changed_files(old: dict[str, str], new: dict[str, str]) -> list[str]:
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 

@@ -104,7 +104,7 @@ def test_own_module_from_outside_the_project_through_ray_workers_and_rerun_after
                               order_by=["attributes.start_time DESC"])
     assert len(mine) == 2 and len({r.data.tags["model_code_digest"] for r in mine}) == 2
     newest = json.loads(mine[0].data.tags["model_code_sources"])["my_module.py"]
-    assert newest == hashlib.sha256(module.read_bytes()).hexdigest(), "the new run ran the edited file"
+    assert newest == hashlib.sha256(module.read_bytes()).hexdigest()[:16], "the new run ran the edited file"
     assert len(client.search_runs([exp.experiment_id], "tags.kind = 'trial'")) == 4
 
 
@@ -189,3 +189,19 @@ def test_own_module_reaches_a_node_that_does_not_see_the_users_folder(tmp_path):
     shipped = json.loads(mine.data.tags["user_code"])
     assert len(shipped) == 1 and "runtime_resources" in shipped[0], shipped
     assert mine.data.metrics["params_M"] > 0
+
+
+def test_code_of_more_files_than_a_tag_holds_keeps_its_digest_and_lists_nothing():
+    """A user's package of a few hundred files is more than one MLflow tag holds (8,000
+    characters): the trial must still log (the listing is left out), not fail on the tag."""
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    from harness.trial import code_tags
+
+    small = {"gsf/model.py": "a" * 64, "my_module.py": "b" * 64}
+    assert json.loads(code_tags({}, small)["model_code_sources"]) == {"gsf/model.py": "a" * 16, "my_module.py": "b" * 16}
+    large = {f"my_package/part_{i:04d}.py": "c" * 64 for i in range(400)}
+    tags = code_tags({}, large)
+    assert len(json.dumps({k: v[:16] for k, v in large.items()})) > MAX_TAG_VAL_LENGTH
+    assert tags["model_code_sources"] == "{}"
+    assert all(len(v) <= MAX_TAG_VAL_LENGTH for v in tags.values())
