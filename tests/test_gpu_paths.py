@@ -7,6 +7,8 @@ tsm, stsm) in ResNet-50 and BNInception with both implementations:
 - ``.half()`` / ``.bfloat16()`` models run and stay near fp32;
 - ``torch.compile(model)``: eval and a train step agree with eager.
 
+and GSF inserted by pattern into timm CNNs (ResNet-D, ConvNeXt, RegNet) on the same paths.
+
 The models are thin (``width_mult``) and the clips small: what is tested is that each path runs
 and computes the same thing, not speed. Compiling: inductor turns a whole thin ResNet-50 into
 ~40 C++ kernels in ~60 s (eval) and ~170 s (train step) on 2 cores, so ``make test`` compiles
@@ -227,4 +229,27 @@ def test_compiled_channels_last_module_agrees_with_eager(module, impl, h, w):
     ref = torch.autograd.grad(eager(x).square().sum(), list(eager.parameters()))
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    torch._dynamo.reset()
+
+
+TIMM = ["timm/resnet18d", "timm/convnext_atto", "timm/regnetx_002"]
+
+
+@pytest.mark.parametrize("backbone", TIMM)
+def test_timm_backbone_with_gsf_on_the_gpu_paths(backbone):
+    """A timm CNN with GSF inserted by pattern (#12) takes the same GPU paths: bf16 autocast eval
+    and train step, channels_last, torch.compile (Dynamo and AOTAutograd) eval."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = build_model(backbone=backbone, module="gsf", num_classes=5, num_frames=FRAMES, dropout=0.0)
+    assert any(isinstance(m, GSF) for m in net.modules())
+    x, labels = torch.randn(2, FRAMES, 3, 64, 64), torch.tensor([1, 3])
+    expected = evaluate(net, x)
+    assert rel(evaluate(net, x, BF16), expected) < 0.05
+    loss, grads = train_step(copy.deepcopy(net), x, labels, BF16)
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads) and flat(grads).abs().sum() > 0
+    wide = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(evaluate(wide, x), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    compiled = torch.compile(copy.deepcopy(net), backend="aot_eager")
+    torch.testing.assert_close(evaluate(compiled, x), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
     torch._dynamo.reset()
