@@ -209,6 +209,11 @@ class TrainConfig(_Strict):
     channels_last: bool = Field(
         False, description="Convert the model to torch.channels_last memory format (the fast layout for "
         "fp16/bf16 convolutions on tensor cores), on any device.")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description='Where the trial trains, evaluates and is timed: "auto" = CUDA when Ray gave the '
+        'trial a GPU (which it does by default on a cluster with GPUs, --gpus-per-trial auto), else the CPU; '
+        '"cuda" = a GPU is required: a sweep on a cluster without one stops before any trial (exit 2) with an '
+        'estimate of the CPU time; "cpu" = the CPU even where there are GPUs. --device overrides it for every trial.')
     eval_every: int = Field(1, ge=1, le=10_000, description="validate every N epochs (and after the last)")
     max_batches_per_epoch: int | None = Field(None, ge=1, le=10_000_000, description="cap on batches per epoch")
 
@@ -308,7 +313,7 @@ class Trial:
     config_key: str = field(init=False)  # the same without the code: finds runs of older code
 
     def __post_init__(self):
-        key = {"config": self.config, "baseline_model": self.baseline_model}
+        key = {"config": _what_it_computes(self.config), "baseline_model": self.baseline_model}
         object.__setattr__(self, "config_key", config_hash(key))
         object.__setattr__(self, "hash", config_hash({**key, "code": self.code}))
 
@@ -347,6 +352,18 @@ def parse_claims(claims: list[str], names: list[str], path: Path) -> list[tuple[
             raise SpecError(f"{path}: claims[{i}]: {claim!r} must be 'A > B' with A, B two different variant "
                             f"names; allowed names: {', '.join(repr(n) for n in names if n) or 'none (no grid.variants)'}")
         out.append((parts[0], parts[1]))
+    return out
+
+
+# Keys that say where a trial runs, not what it computes: not part of its identity, so that
+# `--device cpu` or a cluster with GPUs does not re-run finished trials.
+PLACEMENT_KEYS = (("train", "device"),)
+
+
+def _what_it_computes(config: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for section, key in PLACEMENT_KEYS:
+        out.get(section, {}).pop(key, None)
     return out
 
 
@@ -538,7 +555,7 @@ def load_spec(path: str | Path, profile: str | None = None, cwd: str | Path | No
             declared.append({**variant.set, **axes})
     first: dict[str, int] = {}
     for j, trial in enumerate(trials):
-        i = first.setdefault(config_hash(trial.config), j)  # rows of one model, whatever their baselines
+        i = first.setdefault(config_hash(_what_it_computes(trial.config)), j)  # rows of one model, whatever their baselines
         if i != j:
             raise SpecError(f"{path}: grid: {_collision(trials[i], trials[j], declared[i], declared[j])}")
     return Spec(path, name, spec.description, profile or "", paper_table, trials, axis_keys, claims,

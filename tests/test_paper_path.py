@@ -53,8 +53,10 @@ def test_paper_profile_trains_and_evaluates_at_full_size(tmp_path, stem, variant
     assert config["model"]["num_classes"] == CLASSES and config["measure"]["input_size"] == 224
     batch = 2
     config["data"] = {**config["data"], **something_v1(tmp_path / "data", videos=batch)}
+    assert config["train"]["device"] == "cuda", "the paper profile asks for a GPU"
+    # Here on the CPU, as --device cpu runs it; bf16 autocast stands in for CUDA's fp16.
     config["train"] = {**config["train"], "amp": "bf16", "batch_size": batch, "epochs": 1,
-                       "max_batches_per_epoch": 1}
+                       "max_batches_per_epoch": 1, "device": "cpu"}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = open_store(uri)
     job = {"config": config, "hash": trial.hash, "label": trial.label, "spec": spec.name,
