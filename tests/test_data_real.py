@@ -23,9 +23,8 @@ def grey(k: int) -> int:
 
 
 def frame_greys(x: torch.Tensor) -> np.ndarray:
-    """Mean 0-255 grey of each frame of a normalised (..., T, 3, H, W) tensor."""
-    raw = x * tf.STD + tf.MEAN
-    return raw.mean(dim=(-3, -2, -1)).numpy()
+    """Mean 0-255 grey of each frame of a loader's uint8 (..., T, 3, H, W) tensor."""
+    return x.float().mean(dim=(-3, -2, -1)).numpy()
 
 
 def write_frames(folder, count, template, size=(40, 30), pattern=None):
@@ -112,7 +111,7 @@ def test_something_shapes_and_centre_sampling(tmp_path, version):
     train, val = build_datasets(DataConfig(**data, input_size=32), num_frames=T, seed=0)
     assert train.num_classes == val.num_classes == 3 and len(train) == 3
     clip, label = train[0]
-    assert clip.shape == (T, 3, 32, 32) and clip.dtype == torch.float32 and label == 0
+    assert clip.shape == (T, 3, 32, 32) and clip.dtype == torch.uint8 and label == 0
     views, label = val[0]
     assert views.shape == (1, T, 3, 32, 32) and label == 0
     # the efficiency view of a 12-frame video holds frames 1, 4, 7, 10 (segment centres)
@@ -151,7 +150,7 @@ def test_flip_swaps_left_right_labels(tmp_path):
     outcomes = set()
     for i, listed in ((0, 0), (1, 1), (2, 2)) * 10:
         clip, label = train[i]
-        flipped = bool(clip[..., :8].mean() > clip[..., 8:].mean())  # the dark half moved right
+        flipped = bool(clip[..., :8].float().mean() > clip[..., 8:].float().mean())  # the dark half moved right
         expected = {0: 1, 1: 0}.get(listed, listed) if flipped else listed
         assert label == expected
         outcomes.add((listed, flipped))

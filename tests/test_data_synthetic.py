@@ -48,7 +48,7 @@ def test_shapes_labels_and_protocols():
     assert train.num_classes == val.num_classes == 12
     assert train.class_names == CLASS_NAMES
     clip, label = train[13]
-    assert clip.shape == (T, 3, 32, 32) and clip.dtype == torch.float32 and label == 1
+    assert clip.shape == (T, 3, 32, 32) and clip.dtype == torch.uint8 and label == 1
     views, _ = val[0]
     assert views.shape == (1, T, 3, 32, 32)
     _, val = build_datasets(small(protocol="accuracy", input_size=24), T)

@@ -14,8 +14,6 @@ import os
 import re
 from pathlib import Path
 
-import av
-from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
 from PIL import Image
@@ -209,6 +207,11 @@ class VideoFiles(Listed):
     needed (``decode_sequential``, the reference: a test pins the two to the same pixels)."""
 
     def __init__(self, samples, seek: bool = True):
+        try:  # imported where videos are read: frame folders and the synthetic clips need no PyAV
+            import av  # noqa: F401
+        except ImportError:
+            raise DataError(f"{samples[0][0]}: video datasets need PyAV, which this environment lacks "
+                            "(pip install av)") from None
         super().__init__(samples)
         self.seek = seek
 
@@ -223,6 +226,8 @@ class VideoFiles(Listed):
 def decode_sequential(path: Path, clips: list[np.ndarray]) -> list[np.ndarray]:
     """uint8 (T, 3, H, W) per clip (an array of positions): every frame decoded from the first up
     to the last one a clip needs."""
+    import av
+
     try:
         with open_video(path) as container:
             stream = container.streams.video[0]
@@ -253,6 +258,8 @@ def decode_seeking(path: Path, clips: list[np.ndarray]) -> list[np.ndarray] | No
     the next needed frame is nearer than its own keyframe, else seeks there; it stops once the
     last needed frame is out. Frames no other frame refers to are skipped unless needed, and the
     frames kept share one colour conversion."""
+    import av
+
     try:
         with open_video(path) as container:
             stream = container.streams.video[0]
@@ -277,6 +284,8 @@ def decode_seeking(path: Path, clips: list[np.ndarray]) -> list[np.ndarray] | No
 
 def _decode_at(container, stream, targets: list[int], keys: list[int]) -> dict[int, np.ndarray] | None:
     """{time: rgb frame} for the frame times ``targets`` (sorted), given the keyframe times."""
+    from av.video.reformatter import VideoReformatter
+
     def keyframe_before(t: int) -> int:
         return keys[bisect.bisect_right(keys, t) - 1]
 
@@ -314,9 +323,11 @@ def _decode_at(container, stream, targets: list[int], keys: list[int]) -> dict[i
 # Checks any video decoder here calls (a seeking one too): nothing decoded is ever stretched over
 # frames that are not there, and a decoder that has to conceal damage fails instead.
 
-def open_video(path: Path) -> av.container.InputContainer:
+def open_video(path: Path) -> "av.container.InputContainer":
     """``path`` opened for decoding, its video decoder set to raise on damaged data rather than
     conceal it (FFmpeg's default paints over a garbled block and carries on)."""
+    import av
+
     container = av.open(str(path))
     for stream in container.streams.video:
         stream.codec_context.options = {"err_detect": "explode"}
@@ -357,8 +368,11 @@ class Synthetic:
 # --- the dataset ------------------------------------------------------------------------------
 
 class ClipDataset(Dataset):
-    """Train: ``(clip (T, 3, S, S) float, label)``; test: ``(views (V, T, 3, S, S), label)`` with
-    V = test_clips x test_crops, clip-major."""
+    """Train: ``(clip (T, 3, S, S) uint8, label)``; test: ``(views (V, T, 3, S, S) uint8, label)``
+    with V = test_clips x test_crops, clip-major. Frames leave the loader as uint8 RGB, resized
+    and cropped (rounded, as a resized JPEG would be): a quarter of float32's bytes through the
+    loader's shared memory and over PCIe. ``transforms.normalise`` (``data.normalize``) makes them
+    the model's input where the model runs (``harness.train.model_input``)."""
 
     def __init__(self, source, cfg: DataConfig, num_frames: int, train: bool, num_classes: int,
                  class_names: list[str], flip_labels: dict[int, int], seed: int = 0):
@@ -385,7 +399,7 @@ class ClipDataset(Dataset):
             for frames in self.source.read(i, clips):
                 x = tf.resize_short(tf.to_float(frames), self.cfg.resize_to)
                 views += tf.crops(x, self.cfg.crop_size, self.num_crops)
-            return tf.normalise(torch.stack(views), self.cfg.normalize), label
+            return tf.to_uint8(torch.stack(views)), label
         # Without a draw, augmentation draws from torch's RNG (seeded per DataLoader worker and
         # by torch.manual_seed); training passes draws made in one place (``AugmentedSampler``),
         # so a run's clips do not depend on how many workers loaded them.
@@ -401,7 +415,7 @@ class ClipDataset(Dataset):
         if self.cfg.flip and rng.random() < 0.5:
             x = x.flip(-1)
             label = self.flip_labels.get(label, label)
-        return tf.normalise(x, self.cfg.normalize), label
+        return tf.to_uint8(x), label
 
 
 def build_datasets(cfg: DataConfig, num_frames: int = 8, seed: int = 0) -> tuple[ClipDataset, ClipDataset]:

@@ -37,12 +37,18 @@ def to_float(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).float()
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Frames on the 0-255 scale (resampled: fractional, and antialiasing may overshoot) -> uint8."""
+    return x.round().clamp_(0, 255).to(torch.uint8)
+
+
 def normalise(x: torch.Tensor, mode: str = "imagenet") -> torch.Tensor:
-    """RGB frames (..., 3, H, W) on the 0-255 scale -> the model's input: "imagenet" (mean/std of
-    RGB / 255) or "caffe_bgr" (channels reversed to BGR, minus the Caffe mean, std 1)."""
+    """RGB frames (..., 3, H, W) on the 0-255 scale -> the model's input, on ``x``'s device:
+    "imagenet" (mean/std of RGB / 255) or "caffe_bgr" (channels reversed to BGR, minus the Caffe
+    mean, std 1)."""
     if mode == "caffe_bgr":
-        return x.flip(-3) - CAFFE_BGR_MEAN
-    return (x - MEAN) / STD
+        return x.flip(-3) - CAFFE_BGR_MEAN.to(x.device)
+    return (x - MEAN.to(x.device)) / STD.to(x.device)
 
 
 def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
