@@ -66,3 +66,22 @@ class GateRecorder:
     def summary(self) -> dict:
         edges = torch.linspace(-1.0, 1.0, self.bins + 1).tolist()
         return {"edges": edges, "layers": [layer.summary() for layer in self.layers if layer.n]}
+
+
+def merge(summaries: list[dict]) -> dict:
+    """One ``GateRecorder.summary`` of several (the data-parallel workers' shares of the
+    validation set): counts and value counts add up, means, spreads and negative shares are
+    weighted by each share's values."""
+    layers: dict[str, list[dict]] = {}
+    for summary in summaries:
+        for layer in summary["layers"]:
+            layers.setdefault(layer["name"], []).append(layer)
+    out = []
+    for name, parts in layers.items():
+        n = sum(p["values"] for p in parts)
+        mean = sum(p["mean"] * p["values"] for p in parts) / n
+        squares = sum((p["std"] ** 2 + p["mean"] ** 2) * p["values"] for p in parts) / n
+        out.append({"name": name, "counts": [sum(c) for c in zip(*(p["counts"] for p in parts))], "values": n,
+                    "mean": mean, "std": max(0.0, squares - mean * mean) ** 0.5,
+                    "negative": sum(p["negative"] * p["values"] for p in parts) / n})
+    return {"edges": summaries[0]["edges"], "layers": out}

@@ -31,13 +31,62 @@ from harness.tracking import TrialRun
 
 # What a trial's reports carry besides its metrics (Ray Tune adds its own, AUTO_RESULT_KEYS).
 INFO_KEYS = ("epoch", "run_id", "host", "ray_node_id", "code_digest", "code_path", "attempt", "final", "progress",
-             "batch", "batches", "eta_s", "clips_per_s", "loss")
+             "batch", "batches", "eta_s", "clips_per_s", "loss", "checkpoint_path")
 
 
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+class NoGPU(RuntimeError):
+    """Ray gave a trial a GPU (or its spec requires one) that torch cannot see."""
+
+
+def pick_device(want: str, gpus: float, host: str, distributed: bool = False) -> torch.device:
+    """Where a trial runs: ``want`` is its ``train.device`` (auto | cuda | cpu) and ``gpus`` what
+    Ray gave it. A GPU from Ray, or ``cuda``, that torch cannot see is an error naming the host and
+    what torch saw: never a silent fall-back to the CPU."""
+    if want == "cpu":
+        return torch.device("cpu")
+    if gpus <= 0 and want == "auto":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        given = f"Ray gave this trial {gpus:g} GPU(s)" if gpus > 0 else "train.device is cuda"
+        raise NoGPU(f"{given} but on {host} torch {torch.__version__} sees no CUDA device "
+                    f"(torch.cuda.device_count()={torch.cuda.device_count()}, built for CUDA {torch.version.cuda}, "
+                    f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}): check the node's "
+                    "NVIDIA driver and CUDA_VISIBLE_DEVICES, or run with --device cpu")
+    if distributed:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()  # this worker's own GPU among the node's
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cuda")
+
+
+class NoRun:
+    """What a data-parallel worker other than rank 0 has for an MLflow run: rank 0 writes it."""
+
+    run_id = None
+    earlier: dict[str, str] = {}
+
+    def logged_steps(self, metric: str) -> set[int]:
+        return set()
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        pass
+
+    def set_tags(self, tags: dict) -> None:
+        pass
+
+    def log_dict(self, obj: dict, artifact_file: str) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
 
 
 def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -53,7 +102,8 @@ def identity(job: dict[str, Any], device_name: str) -> tuple[dict[str, Any], dic
     """The params and tags of a trial's MLflow run (also what the driver writes when it recovers
     a run from Ray's results)."""
     seed = str(int(job["config"].get("seed", 0)))
-    params = {**job["config"], "measure_only": job["measure_only"], **trial_params(job)}
+    params = {**job["config"], "measure_only": job["measure_only"], **trial_params(job),
+              "world_size": int(job.get("workers", 1))}
     tags = {"trial_hash": job["hash"], "config_key": job.get("config_key", ""),
             "model_code_digest": job.get("model_code_digest", ""),
             "profile": job.get("profile", ""), "variant": job.get("variant", ""),
@@ -83,27 +133,35 @@ def check_storage(job: dict[str, Any], host: str) -> None:
                            "missing here): --storage must be a folder every node mounts (NFS) or s3://...")
 
 
-def run_trial(job: dict[str, Any], report: Callable[..., None] | None = None, checkpoint=None) -> dict[str, Any]:
+def run_trial(job: dict[str, Any], report: Callable[..., None] | None = None, checkpoint=None,
+              distributed: bool = False) -> dict[str, Any]:
     """``job``: the trial's resolved ``config`` and ``hash``, plus where to log (``tracking_uri``,
     ``parent_run_id``, ``spec``) and what to do (``measure_only``). With ``baseline_model`` (the
     ``model`` section of the variant's baseline), the trial also times that model alternately with
     its own and reports ``latency_x`` / ``train_step_x``.
 
     ``report(metrics, checkpoint_dir=None)``: Ray Tune's report; a folder given is the trial's
-    checkpoint for that epoch. ``checkpoint``: a ``ray.tune.Checkpoint`` to resume from."""
+    checkpoint for that epoch. ``checkpoint``: a ``ray.tune.Checkpoint`` to resume from.
+    ``distributed``: this is one worker of a data-parallel trial (``harness.distributed``): rank 0
+    measures and writes the run and the checkpoints, every rank trains."""
+    from harness.distributed import Group, current_group
+
     report = report or (lambda metrics, checkpoint_dir=None: None)
     code = check_code(job)
     cfg = TrialConfig.model_validate({k: v for k, v in job["config"].items() if k != "seed"})
     seed = int(job["config"].get("seed", 0))
-    use_cuda = torch.cuda.is_available() and job.get("gpus", 0) > 0
-    device = torch.device("cuda" if use_cuda else "cpu")
     here = where_it_runs()
+    gpus = float(job.get("gpus", 0)) / int(job.get("workers", 1))
+    device = pick_device(cfg.train.device, gpus, here["host"], distributed)
+    group = current_group(device) if distributed else Group()
     with tempfile.TemporaryDirectory(prefix="gsf-trial-") as work:
         work = Path(work)
         if not job["measure_only"]:
             check_storage(job, here["host"])
         meta = restore(checkpoint, work, job["hash"])
         params, tags = identity(job, describe_device(device))
+        if not group.lead:
+            return _run(job, cfg, seed, device, NoRun(), meta, work, {**here}, report, group)
         run = TrialRun(job["tracking_uri"], job["spec"], job.get("parent_run_id"), job["label"], params,
                        {**tags, **trial_tags(job, device), **here, **code_tags(job, code)},
                        checkpoint_run_id=meta.get("run_id"))
@@ -112,30 +170,23 @@ def run_trial(job: dict[str, Any], report: Callable[..., None] | None = None, ch
         attempts = "; ".join(filter(None, [run.earlier.get("attempts"), f"{attempt}: {where}"]))
         run.set_tags({"attempt": attempt, "attempts": attempts})
         info = {"run_id": run.run_id, "attempt": attempt, **here}
-        return _run(job, cfg, seed, device, run, meta, work, info, report)
+        return _run(job, cfg, seed, device, run, meta, work, info, report, group)
 
 
-def _run(job, cfg, seed, device, run: TrialRun, meta: dict, work: Path, info: dict, report) -> dict[str, Any]:
+def _run(job, cfg, seed, device, run: TrialRun | NoRun, meta: dict, work: Path, info: dict, report,
+         group) -> dict[str, Any]:
     if not job["measure_only"] and not run.earlier:
         run.log_metrics({"top1": math.nan})  # not evaluated yet; first, so that MLflow's compare page plots it
     try:
         torch.manual_seed(seed)
         model = build_model(**cfg.model.model_dump()).to(device)
-        measured = {}
-        if job.get("baseline_model") and cfg.measure.latency:
-            # First, while neither model has run: the fvcore trace or timed train steps of one
-            # model alone left it ~5% slower against a fresh baseline (allocator state).
-            base_cfg = type(cfg.model).model_validate(job["baseline_model"])
-            baseline = build_model(**base_cfg.model_dump()).to(device)
-            measured.update(relative_cost(model, baseline, cfg.model.num_frames, cfg.measure))
-            del baseline
-        measured.update(measure(model, cfg.model.num_frames, cfg.measure))
+        measured = _measure(job, cfg, model, device) if group.lead else {}  # rank 0 measures
         metrics = {k: v for k, v in measured.items() if isinstance(v, (int, float))}
         run.log_metrics(metrics)
         run.set_tags({k: v for k, v in measured.items() if isinstance(v, str)})
         result = dict(metrics)
         if not job["measure_only"]:
-            result.update(_train(job, cfg, seed, device, model, run, meta, work, info, result, report))
+            result.update(_train(job, cfg, seed, device, model, run, meta, work, info, result, report, group))
     except SystemExit as e:
         # Ray Tune stops a trial by raising SystemExit(0) inside report(): not a failure.
         run.end("KILLED" if e.code in (0, None) else "FAILED")
@@ -150,8 +201,21 @@ def _run(job, cfg, seed, device, run: TrialRun, meta: dict, work: Path, info: di
     return result
 
 
-def _train(job, cfg, seed, device, model, run: TrialRun, meta: dict, work: Path, info: dict, measured: dict,
-           report) -> dict[str, float]:
+def _measure(job, cfg, model, device) -> dict[str, float | str]:
+    measured = {}
+    if job.get("baseline_model") and cfg.measure.latency:
+        # First, while neither model has run: the fvcore trace or timed train steps of one
+        # model alone left it ~5% slower against a fresh baseline (allocator state).
+        base_cfg = type(cfg.model).model_validate(job["baseline_model"])
+        baseline = build_model(**base_cfg.model_dump()).to(device)
+        measured.update(relative_cost(model, baseline, cfg.model.num_frames, cfg.measure))
+        del baseline
+    measured.update(measure(model, cfg.model.num_frames, cfg.measure))
+    return measured
+
+
+def _train(job, cfg, seed, device, model, run: TrialRun | NoRun, meta: dict, work: Path, info: dict,
+           measured: dict, report, group) -> dict[str, float]:
     from harness.train import fit, loader_workers
 
     # Epochs the checkpoint holds but this run lacks: a new run (another store, or the old run
@@ -162,6 +226,9 @@ def _train(job, cfg, seed, device, model, run: TrialRun, meta: dict, work: Path,
             run.log_metrics({k: v for k, v in past.items() if k != "epoch"}, step=past["epoch"])
 
     def on_epoch(epoch_metrics: dict[str, float], epoch: int) -> None:
+        if not group.lead:  # rank 0 holds the checkpoint and the run; the others join the report
+            report({**epoch_metrics, **info, "epoch": epoch})
+            return
         history = meta.setdefault("history", [])
         history.append(dict(epoch_metrics))
         state = work / storage.STATE
@@ -174,14 +241,15 @@ def _train(job, cfg, seed, device, model, run: TrialRun, meta: dict, work: Path,
 
     def on_progress(p: dict) -> None:
         step = (p["epoch"] - 1) * p["batches"] + p["batch"]
-        run.log_metrics({"progress_loss": p["loss"], "progress_clips_per_s": p["clips_per_s"]}, step=step)
+        run.log_metrics({"progress_loss": p["loss"], "progress_clips_per_s": p["clips_per_s"],
+                         "progress_data_wait_fraction": p["data_wait_fraction"]}, step=step)
         report({**info, **p, "progress": True})
 
-    cpus = job.get("cpus_per_trial", 1)
+    cpus = float(job.get("cpus_per_trial", 1)) / group.size  # this worker's share
     run.set_tags({"data_workers": loader_workers(cfg.data.workers, cpus)})
     trained = fit(model, cfg, seed=seed, device=device, checkpoint_dir=work, on_epoch=on_epoch,
                   on_evaluate=lambda details, epoch: log_evaluation(run, details), cpus=cpus,
-                  on_progress=on_progress, progress_every_s=job.get("progress_every_s", 30.0))
+                  on_progress=on_progress, progress_every_s=job.get("progress_every_s", 30.0), group=group)
     if cfg.train.epochs == 0:  # evaluation only: no epoch ran, so the result is logged here
         run.log_metrics({k: v for k, v in trained.items() if k != "epochs"}, step=0)
     run.log_metrics({"epochs": trained["epochs"]})
@@ -223,6 +291,10 @@ def tune_trainable(config: dict[str, Any]) -> None:
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     job = config["job"]
+    if int(job.get("workers", 1)) > 1 and not job["measure_only"]:
+        from harness.distributed import run_data_parallel
+
+        return run_data_parallel(job, run_trial)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None and job.get("resume_from"):
         checkpoint = tune.Checkpoint(job["resume_from"])

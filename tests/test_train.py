@@ -122,3 +122,105 @@ def test_progress_within_an_epoch(tmp_path):
     assert [(p["epoch"], p["batch"]) for p in lines] == [(e, b) for e in (1, 2) for b in (1, 2, 3, 4)]
     assert all(p["batches"] == 4 and p["clips_per_s"] > 0 and math.isfinite(p["loss"]) for p in lines)
     assert lines[-1]["eta_s"] == 0 and lines[0]["eta_s"] > lines[4]["eta_s"] > 0
+
+
+# --- the input pipeline (issue 18): same clips as before, shared among workers, uint8 to the device
+
+class _Indices(torch.utils.data.Dataset):
+    """What a sampler asks for, as a batch: (sample, augmentation draw)."""
+
+    def __len__(self):
+        return 50
+
+    def __getitem__(self, index):
+        return torch.tensor(index)
+
+
+def test_the_persistent_loader_draws_the_clips_the_per_epoch_loader_drew():
+    """Before #18 each epoch built a DataLoader whose generator also drew its workers' base seed;
+    the persistent loader's sampler draws the same stream, so sweeps see the same clips."""
+    from torch.utils.data import DataLoader, Sampler
+
+    from harness.train import _loader
+
+    class Before(Sampler):
+        def __init__(self, size, generator):
+            self.size, self.generator = size, generator
+
+        def __iter__(self):
+            order = torch.randperm(self.size, generator=self.generator).tolist()
+            draws = torch.randint(2**62, (self.size,), generator=self.generator).tolist()
+            return iter(zip(order, draws))
+
+    loader = _loader(_Indices(), 8, True, 0, seed=0)
+    for epoch_seed in (3001, 3002):
+        gen = torch.Generator().manual_seed(epoch_seed)
+        before = list(DataLoader(_Indices(), batch_size=8, sampler=Before(50, gen), generator=gen, drop_last=True))
+        loader.sampler.set_epoch(epoch_seed)
+        now = list(loader)
+        assert len(now) == len(before) == 6 and all(torch.equal(a, b) for a, b in zip(now, before))
+
+
+def test_data_parallel_workers_share_each_global_batch():
+    from harness.distributed import Group
+    from harness.train import _loader
+
+    one = torch.cat(list(_loader(_Indices(), 8, True, 0, seed=7)))
+    ranks = [list(_loader(_Indices(), 8, True, 0, seed=7, group=Group(r, 2))) for r in range(2)]
+    assert all(b.shape == (4, 2) for rank in ranks for b in rank)
+    together = torch.cat([torch.cat([a, b]) for a, b in zip(*ranks)])
+    assert torch.equal(together, one), "worker 0 takes the first half of each global batch, worker 1 the second"
+
+
+def test_frames_leave_the_loader_as_uint8_and_are_normalised_on_the_device():
+    """Rounding the resized frames to uint8 (what a resized JPEG holds) moves the model's input
+    by at most half a grey level: 0.5 / (255 * 0.224) = 0.0088 in ImageNet units (G's std), 0.5
+    on Caffe's 0-255 scale."""
+    from harness.data import transforms as tf
+    from harness.train import model_input
+
+    x = tf.resize_short(torch.rand(4, 3, 37, 53) * 255, 32)
+    frames = tf.to_uint8(x)
+    assert frames.dtype == torch.uint8
+    for mode, half_grey in (("imagenet", 0.5 / (255 * 0.224)), ("caffe_bgr", 0.5)):
+        got = model_input(frames, torch.device("cpu"), mode)
+        assert got.dtype == torch.float32
+        assert (got - tf.normalise(x.clamp(0, 255), mode)).abs().max() <= half_grey + 1e-5
+
+
+def test_sharded_scores_gather_to_the_whole_evaluation():
+    """Every clip once, in dataset order, whichever worker scored it; gate histograms add up."""
+    from harness.gates import GateRecorder, merge
+    from harness.train import _summarise
+
+    torch.manual_seed(0)
+    scores = {"index": list(range(7)), "top": torch.randint(0, 4, (7, 4)).tolist(),
+              "labels": torch.randint(0, 4, (7,)).tolist(), "nll": torch.rand(7).tolist()}
+    shards = [{k: v[r::2] for k, v in scores.items()} for r in range(2)]
+    assert _summarise(shards, 4) == _summarise([scores], 4)
+    assert _summarise(shards, 4)["val_clips"] == 7
+
+    cfg = _cfg()
+    model = _model(cfg).eval()
+    clips = torch.randn(3, 4, 3, 32, 32)
+    with GateRecorder(model) as whole, torch.no_grad():
+        model(clips)
+    parts = []
+    for part in (clips[:1], clips[1:]):
+        with GateRecorder(model) as rec, torch.no_grad():
+            model(part)
+        parts.append(rec.summary())
+    merged, expected = merge(parts), whole.summary()
+    for a, b in zip(merged["layers"], expected["layers"]):
+        assert a["counts"] == b["counts"] and a["values"] == b["values"]
+        assert a["mean"] == pytest.approx(b["mean"], abs=1e-6) and a["std"] == pytest.approx(b["std"], abs=1e-5)
+        assert a["negative"] == pytest.approx(b["negative"])
+
+
+def test_each_epoch_logs_its_steps_clips_and_time_waiting_for_data():
+    cfg = _cfg(epochs=1)
+    epochs = []
+    fit(_model(cfg), cfg, seed=0, device=torch.device("cpu"), on_epoch=lambda m, e: epochs.append(m))
+    (m,) = epochs
+    assert m["train_steps"] == 4 and m["train_clips"] == 32 and m["val_clips"] == 8
+    assert 0 < m["data_wait_fraction"] < 1 and math.isfinite(m["loss_first_step"])
