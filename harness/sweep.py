@@ -1,8 +1,9 @@
 """Run a sweep spec: one Ray Tune trial per grid point, MLflow runs, the rendered table.
 
     python -m harness.sweep SPEC.yaml [--profile NAME] [--measure-only] [--results-dir DIR]
-        [--address ADDR] [--storage PATH|s3://...] [--cpus-per-trial N] [--gpus-per-trial G]
-        [--max-failures N] [--progress-every S] [--fresh] [--dry-run]
+        [--address ADDR] [--storage PATH|s3://...] [--cpus-per-trial N] [--gpus-per-trial auto|G]
+        [--workers-per-trial N] [--device auto|cpu|cuda] [--max-failures N] [--progress-every S]
+        [--fresh] [--dry-run]
 
 Exit status: 0 success, 2 bad spec, data or command line (one line), 1 when trials failed
 (listed, with those whose results did not reach the driver's MLflow store), 130 when
@@ -31,6 +32,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from harness.resources import gpus_arg
 from harness.spec import Spec, SpecError, load_spec
 
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
@@ -52,9 +54,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "a cluster needs MLFLOW_TRACKING_URI=http://HEAD:PORT (make mlflow-server)")
     p.add_argument("--storage", default=None, help="where Ray Tune keeps checkpoints: a folder every node sees "
                    "(NFS) or s3://...; default RESULTS_DIR/ray")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0,
-                   help="CPUs Ray gives each trial; data.workers defaults to one fewer (DataLoader processes)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--cpus-per-trial", type=float, default=None,
+                   help="CPUs Ray gives each trial; default: a GPU node's CPUs per GPU with GPUs, else 1 (per "
+                   "data-parallel worker); data.workers defaults to one fewer per worker (DataLoader processes)")
+    p.add_argument("--gpus-per-trial", type=gpus_arg, default="auto", metavar="auto|G",
+                   help="GPUs Ray gives each trial; auto (default): 1 per worker when the cluster has GPUs, else 0")
+    p.add_argument("--workers-per-trial", type=int, default=None, metavar="N",
+                   help="PyTorch DDP workers per training trial, through Ray Train (1 GPU each, or gloo on CPU); "
+                   "default: the trial's GPUs when more than 1, else 1. train.batch_size stays the global batch")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="override every trial's train.device (--device cpu runs a paper profile on CPU)")
     p.add_argument("--max-failures", type=int, default=None, help="times Ray retries a failed trial (a lost node) "
                    "from its last checkpoint; default 1 on a cluster (--address), 0 on a local Ray")
     p.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
@@ -64,10 +73,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="check the spec, the data, the results dir and the store, list the trials, run nothing")
     args = p.parse_args(argv)
-    if not (math.isfinite(args.cpus_per_trial) and args.cpus_per_trial > 0):
+    if args.cpus_per_trial is not None and not (math.isfinite(args.cpus_per_trial) and args.cpus_per_trial > 0):
         p.error(f"--cpus-per-trial must be a number > 0, got {args.cpus_per_trial}")
-    if not (math.isfinite(args.gpus_per_trial) and args.gpus_per_trial >= 0):
-        p.error(f"--gpus-per-trial must be a number >= 0, got {args.gpus_per_trial}")
+    if args.workers_per_trial is not None and not 1 <= args.workers_per_trial <= 1024:
+        p.error(f"--workers-per-trial must be 1 to 1024, got {args.workers_per_trial}")
     if args.max_failures is not None and not 0 <= args.max_failures <= 100:
         p.error(f"--max-failures must be 0 to 100, got {args.max_failures}")
     if not (math.isfinite(args.progress_every) and 0 < args.progress_every <= 86400):
@@ -143,6 +152,15 @@ def check_data(spec: Spec, trials) -> None:
             raise SpecError(f"{spec.path}: data of {trial.label!r}: {e}") from None
 
 
+def check_batches(spec: Spec, trials, workers: int) -> None:
+    """Each trial's ``train.batch_size`` (the global batch) must divide among its workers."""
+    bad = sorted({t.config["train"]["batch_size"] for t in trials if t.config["train"]["batch_size"] % workers})
+    if bad:
+        raise SpecError(f"{spec.path}: train.batch_size {', '.join(map(str, bad))} does not divide among {workers} "
+                        "data-parallel workers (--workers-per-trial, by default the trial's GPUs): the spec's batch is "
+                        "the global one, each worker takes an equal share")
+
+
 def check_release_checkpoints(spec: Spec, trials) -> None:
     """Each ``model.release_checkpoint`` read once, here in the driver, and held against every
     trial's model section: a missing, unreadable or mismatched file is one line before anything starts."""
@@ -166,10 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # data-parallel trials use Ray Train's V2 API
     # Every epoch checkpoints (CheckpointConfig(num_to_keep=1)): Tune then warns on each short epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
         spec = load_spec(args.spec, args.profile)
+        if args.device:
+            for t in spec.trials:  # where a trial runs is not part of its identity (its hash)
+                t.config["train"]["device"] = args.device
+        workers = args.workers_per_trial or (int(args.gpus_per_trial) if args.gpus_per_trial != "auto" else 1)
+        if not args.measure_only:
+            check_batches(spec, spec.trials, max(1, workers))
         results_dir = check_results_dir(args.results_dir)
         lock = take_lock(results_dir / spec.name / "sweep.lock")  # noqa: F841 (held until exit)
 
@@ -233,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 storage.write_text(marker, json.dumps({"driver": f"pid {os.getpid()} on {socket.gethostname()}"}))
             except OSError as e:
                 raise SpecError(f"--storage {store}: cannot write {marker} there: {e}") from None
-            _start_ray(args, spec)
+            _start_ray(args, spec, todo)
             if args.cluster:
                 check_nodes(spec, todo, uri, marker, args)
             parent = tracking.start_parent(client, spec.name, {
@@ -243,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 tracking.local_artifact_location(uri, results_dir, spec.name))
             jobs = [_job(spec, t, uri, parent, results_dir, args, commit)
                     | {"sweep_trials": len(todo), "storage": store, "storage_marker": marker,
+                       "sweep_storage": f"{storage_path(store, spec.name)}/{sweep_name}",
                        "resume_from": resume.get(t.hash)} for t in todo]
             errors, interrupted, results = _run_ray(spec, jobs, store, sweep_name, args, client, uri)
             if not interrupted:
@@ -321,6 +347,7 @@ def _job(spec: Spec, trial, uri: str, parent: str, results_dir: Path, args, comm
         "spec": spec.name, "profile": spec.profile, "tracking_uri": uri, "parent_run_id": parent,
         "results_dir": str(results_dir), "measure_only": args.measure_only, "git_commit": commit,
         "gpus": args.gpus_per_trial, "cpus_per_trial": args.cpus_per_trial, "progress_every_s": args.progress_every,
+        "workers": 1 if args.measure_only else args.workers_per_trial,
         "config_key": trial.config_key, "model_code_digest": trial.code,
         # The worker imports these first (what they register is used in the model), and checks that
         # the code it runs is the code this driver's identity of the trial was computed from.
@@ -355,10 +382,12 @@ def runtime_env(extra_modules: list[Path] = ()) -> dict[str, Any]:
 _EMPTY_DIR: tempfile.TemporaryDirectory | None = None
 
 
-def _start_ray(args, spec: Spec) -> None:
+def _start_ray(args, spec: Spec, todo) -> None:
     """Connect to (or start) Ray with the project's code and the spec's own modules (its
-    ``imports:`` from outside the environment) in its runtime_env, and refuse requests no node of
-    it could ever grant: Ray would otherwise wait for ever, warning once a minute."""
+    ``imports:`` from outside the environment) in its runtime_env, then decide what each trial
+    asks for (``harness.resources.plan``: GPUs by default where there are any) and say so. Requests
+    no node could ever grant are refused (Ray would otherwise wait for ever, warning once a
+    minute), and so are trials that need CUDA where no GPU will be given."""
     import logging
 
     import ray
@@ -372,11 +401,34 @@ def _start_ray(args, spec: Spec) -> None:
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  runtime_env=env)
-    problem = unschedulable([n["Resources"] for n in ray.nodes() if n.get("Alive")],
-                            args.cpus_per_trial, args.gpus_per_trial)
-    if problem:
+    try:
+        choose_resources(args, spec, todo, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+    except SpecError:
         ray.shutdown()
-        raise SpecError(problem)
+        raise
+
+
+def choose_resources(args, spec: Spec, todo, nodes: list[dict[str, float]]) -> None:
+    """Set ``args.cpus_per_trial``, ``gpus_per_trial`` and ``workers_per_trial`` for ``nodes``
+    and print the banner; a ``SpecError`` when trials cannot run as asked."""
+    from harness import resources
+
+    training = not args.measure_only
+    want_gpu = any(t.config["train"]["device"] != "cpu" for t in todo)
+    chosen = resources.plan(nodes, args.cpus_per_trial, args.gpus_per_trial,
+                            args.workers_per_trial if training else 1, want_gpu)
+    cuda = resources.needs_cuda(todo)
+    if cuda and not chosen.gpus:
+        seconds, how = resources.cpu_estimate(cuda[0].config, args.measure_only)
+        where = "the Ray cluster has no GPU" if not any(n.get("GPU", 0) for n in nodes) else "--gpus-per-trial 0"
+        raise SpecError(f"{spec.path} [profile {spec.profile or '-'}]: its trials need a GPU (train.device: cuda) and "
+                        f"{where}; on this CPU one trial would take {resources.hours(seconds)} ({how}), "
+                        f"{len(todo)} trial(s) to run: use a GPU machine or cluster, or --device cpu to run on the CPU")
+    if training:
+        check_batches(spec, todo, chosen.workers)
+    args.cpus_per_trial, args.gpus_per_trial, args.workers_per_trial = chosen.cpus, chosen.gpus, chosen.workers
+    args.trials_at_once = chosen.at_once
+    print(chosen.line, flush=True)
 
 
 def check_nodes(spec: Spec, trials, uri: str, marker: str, args) -> None:
@@ -386,7 +438,9 @@ def check_nodes(spec: Spec, trials, uri: str, marker: str, args) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= args.cpus_per_trial]
+    from harness.resources import worker_fits
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and worker_fits(n["Resources"], args)]
     here = ray.util.get_node_ip_address()
     host = urllib.parse.urlparse(uri).hostname or ""
     if host in ("localhost", "::1") or host.startswith("127."):
@@ -422,15 +476,6 @@ def _node_problem(spec_name: str, data: list, marker: str | None) -> str | None:
             except DataError as e:
                 return f"{spec_name}: data of {label!r}: {e}"
     return None
-
-
-def unschedulable(nodes: list[dict[str, float]], cpus: float, gpus: float) -> str | None:
-    """Why no node (Ray resource dicts) could run a trial asking for ``cpus`` and ``gpus``; None if one can."""
-    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
-        return None
-    have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes) or "no live node"
-    return (f"--cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g}: no node of the Ray cluster has that much "
-            f"(nodes: {have}), so no trial could ever start")
 
 
 def _stop_ray() -> None:
@@ -485,9 +530,11 @@ def _run_ray(spec: Spec, jobs: list[dict[str, Any]], store: str, sweep_name: str
                           f"(its run {result['run_id']} is not in {uri}); the sweep will fail it at the end",
                           file=sys.stderr, flush=True)
             if result.get("progress"):
+                wait = result.get("data_wait_fraction")
                 print(f"    {label}: epoch {result['epoch']} batch {result['batch']}/{result['batches']}, "
-                      f"loss {result['loss']:.3f}, {result['clips_per_s']:.1f} clips/s, "
-                      f"ETA {_duration(result['eta_s'])}", flush=True)
+                      f"loss {result['loss']:.3f}, {result['clips_per_s']:.1f} clips/s"
+                      + (f", waiting for data {100 * wait:.0f}% of the time" if wait is not None else "")
+                      + f", ETA {_duration(result['eta_s'])}", flush=True)
             elif "epoch" in result and not result.get("final"):
                 print(f"    {label}: epoch {result['epoch']} "
                       f"loss {result.get('train_loss', float('nan')):.3f} top1 {result.get('top1', float('nan')):.2f}"
@@ -511,12 +558,18 @@ def _run_ray(spec: Spec, jobs: list[dict[str, Any]], store: str, sweep_name: str
         print("\ninterrupt: stopping the trials (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    data_parallel = args.workers_per_trial > 1 and not args.measure_only
+    # A data-parallel trial is a driver that starts its Ray Train workers, which ask for the
+    # trial's CPUs and GPUs themselves; Tune then cannot count them, so it is told how many fit.
+    # The driver takes no CPU (one byte of memory: Tune needs some request): were it to take a
+    # CPU, a box whose every CPU goes to the workers could never place them beside it.
+    resources = {"cpu": 0, "memory": 1} if data_parallel else {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
     tuner = Tuner(
         tune.with_resources(tune_trainable, resources),
         param_space={"job": tune.grid_search(jobs)},
         # Trial folders named by hash: a later sweep finds each trial's checkpoints (storage.latest).
-        tune_config=TuneConfig(reuse_actors=True, trial_dirname_creator=_trial_folder),
+        tune_config=TuneConfig(reuse_actors=True, trial_dirname_creator=_trial_folder,
+                               max_concurrent_trials=args.trials_at_once if data_parallel else None),
         run_config=RunConfig(
             name=sweep_name,
             storage_path=storage_path(store, spec.name),

@@ -90,9 +90,11 @@ def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 240) -> Non
 
 
 def ray_node(procs: Processes, log: Path, head_port: int, head: bool, cpus: int, wrap=None,
-             env: dict | None = None) -> subprocess.Popen:
-    """A Ray node via ``ray start --block`` (head, or joining the head at ``head_port``)."""
+             env: dict | None = None, gpus: int = 0) -> subprocess.Popen:
+    """A Ray node via ``ray start --block`` (head, or joining the head at ``head_port``); ``gpus``:
+    GPUs it declares, whether or not the machine has them (the stand-in for a GPU node)."""
     command = [str(BIN / "ray"), "start", "--block", "--num-cpus", str(cpus), "--disable-usage-stats"]
+    command += ["--num-gpus", str(gpus)] if gpus else []
     if head:
         # A short temp folder: Ray's socket paths must fit in 107 characters.
         command += ["--head", "--port", str(head_port), "--include-dashboard", "false",

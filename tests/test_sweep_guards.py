@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from harness import sweep, tracking
+from harness import resources, sweep, tracking
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {
@@ -243,8 +243,8 @@ def test_resource_flags_must_be_finite(tmp_path, capsys, flag, value):
 
 def test_requests_no_node_can_grant_are_named():
     nodes = [{"CPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}]
-    assert sweep.unschedulable(nodes, 2, 0) is None and sweep.unschedulable(nodes, 8, 1) is None
-    msg = sweep.unschedulable(nodes, 100, 0)
+    assert resources.unschedulable(nodes, 2, 0) is None and resources.unschedulable(nodes, 8, 1) is None
+    msg = resources.unschedulable(nodes, 100, 0)
     assert "--cpus-per-trial 100" in msg and "2 CPUs, 0 GPUs; 8 CPUs, 1 GPUs" in msg
-    assert "no trial could ever start" in sweep.unschedulable(nodes, 4, 2)
-    assert "no live node" in sweep.unschedulable([], 1, 0)
+    assert "no trial could ever start" in resources.unschedulable(nodes, 4, 2)
+    assert "no live node" in resources.unschedulable([], 1, 0)
