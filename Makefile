@@ -8,7 +8,7 @@ RESULTS     ?= results
 SWEEP_ARGS  ?=
 SWEEP       := RAY_AUTH_MODE=disabled RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 $(PY) -m harness.sweep
 
-.PHONY: install test test-slow mlflow-ui mlflow-server report report-screenshot clean \
+.PHONY: install test test-slow mlflow-ui mlflow-server report report-screenshot clean gpu-check \
         ablation-table1 ablation-table2 ablation-table3 ablation-table4 ablation-table5 \
         ablation-table6 ablation-table7 ablation-shift-ratio ablation-table12 ablation-table8-released ablation-timm
 
@@ -50,6 +50,12 @@ ablation-table8-released: $(STAMP)
 	$(SWEEP) ablations/table8_released.yaml --profile paper --results-dir $(RESULTS) $(SWEEP_ARGS)
 ablation-table12: $(STAMP)
 	$(SWEEP) ablations/table12_latency.yaml --profile $(PROFILE) --results-dir $(RESULTS) --measure-only --cpus-per-trial $(shell nproc) $(SWEEP_ARGS)
+
+# The first thing to run on a GPU machine (benchmarks/gpu_check.py; a bare one needs only the wheels of
+# benchmarks/gpu_check_requirements.txt): RESULTS/gpu_check/gpu_check.{md,json}. GPU_CHECK_ARGS adds flags,
+# e.g. GPU_CHECK_ARGS="--device cpu --tiny" or "--budget-s 600".
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out $(RESULTS)/gpu_check $(GPU_CHECK_ARGS)
 
 # RESULTS/index.html: every sweep's verdicts, tables (rows linked to their MLflow runs) and figures.
 # MLFLOW_UI_URL sets the address the links point at (default http://127.0.0.1:5000, `make mlflow-ui`).
