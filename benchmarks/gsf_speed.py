@@ -125,7 +125,8 @@ def build_models(args, backbone: str, device: torch.device) -> dict:
     for model in models.values():
         model.to(device)
     if args.compile:
-        models.update({f"{name} compiled": torch.compile(model) for name, model in list(models.items())})
+        models.update({f"{name} compiled": torch.compile(model, mode=args.compile_mode)
+                       for name, model in list(models.items())})
     return models
 
 
@@ -174,6 +175,8 @@ def main(argv=None):
                     help="implementations of each module, side by side")
     ap.add_argument("--compile", action="store_true",
                     help="also time every model as torch.compile(model) (inductor), against the compiled TSN")
+    ap.add_argument("--compile-mode", default=None, choices=[None, "default", "reduce-overhead", "max-autotune"],
+                    help="torch.compile mode (reduce-overhead: CUDA graphs, which remove the launch cost per kernel)")
     ap.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                     help="auto: fp16 autocast on CUDA, fp32 on CPU; bf16: bf16 autocast; off: fp32")
     ap.add_argument("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
@@ -203,6 +206,7 @@ def main(argv=None):
         if not torch.cuda.is_available():
             ap.error("--device cuda: no CUDA device is visible to torch")
         print(f"CUDA: {torch.cuda.get_device_name()}")
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its algorithms once, as training does
     run_device(args, torch.device(args.device))
 
 
