@@ -159,9 +159,9 @@ def run_trial(job: dict[str, Any], report: Callable[..., None] | None = None, ch
         if not job["measure_only"]:
             check_storage(job, here["host"])
         meta = restore(checkpoint, work, job["hash"])
-        params, tags = identity(job, describe_device(device))
         if not group.lead:
             return _run(job, cfg, seed, device, NoRun(), meta, work, {**here}, report, group)
+        params, tags = identity(job, describe_device(device))
         run = TrialRun(job["tracking_uri"], job["spec"], job.get("parent_run_id"), job["label"], params,
                        {**tags, **trial_tags(job, device), **here, **code_tags(job, code)},
                        checkpoint_run_id=meta.get("run_id"))
