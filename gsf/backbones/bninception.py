@@ -58,14 +58,22 @@ is the concat order rotated so that the GSF-hosting 1x1 branch comes last.
 
 Pretrained weights
 ------------------
-``pretrained`` is a local file holding the state dict of Cadene's ``bn_inception`` ImageNet model
-(``torch.save(pretrainedmodels.bninception(pretrained="imagenet").state_dict(), path)``, i.e. the
-file ``bn_inception-52deb4733.pth``): flat keys such as ``conv1_7x7_s2.weight``,
-``conv1_7x7_s2_bn.running_mean``, ``inception_3a_double_3x3_1_bn.bias``. Each conv layer here
-remembers its Caffe name, which maps those keys onto the nested layout; the classifier
-(``last_linear.*`` / ``fc.*``) is ignored; keys already in this module's own layout are accepted.
-The weights expect BGR images in [0, 255] minus the mean (104, 117, 128), std 1.
-Nothing is ever downloaded.
+``pretrained`` is a local file (nothing is ever downloaded) holding BN-Inception's ImageNet
+weights in any of these key layouts:
+
+* TSN's Caffe conversion, the file the authors' release starts from
+  (``https://yjxiong.blob.core.windows.net/models/bn_inception-9f5701afb96c8044.pth``): flat Caffe
+  names such as ``conv1_7x7_s2.weight``, ``conv1_7x7_s2_bn.running_mean``,
+  ``inception_3a_double_3x3_1_bn.bias``, every BatchNorm vector stored as (1, C) (the release
+  squeezes dim 0 of every tensor before loading; so do we, where the model has (C,)), and the
+  ImageNet classifier ``fc.*``;
+* Cadene's ``pretrainedmodels.bninception`` (``bn_inception-52deb4733.pth``): the same names,
+  BatchNorm vectors (C,), classifier ``last_linear.*``;
+* this module's own keys (what ``python -m harness.prepare weights bninception`` writes).
+
+Each conv layer here remembers its Caffe name, which maps those keys onto the nested layout; the
+classifier is ignored. All of them are the same network and expect BGR images in [0, 255] minus
+the mean (104, 117, 128), std 1 (``data.normalize: caffe_bgr``).
 """
 from __future__ import annotations
 
@@ -77,6 +85,7 @@ from torch import nn
 
 from ..registry import register_backbone
 from . import Insert, blocks_to_convert, on_fresh_input
+from .weights import fit_state_dict, read_state_dict
 
 __all__ = ["BNInception", "build_bninception", "caffe_state_dict", "load_pretrained", "PLACEMENTS", "BLOCK_NAMES", "INPUT_SIZE"]
 
@@ -257,32 +266,19 @@ def caffe_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained(model: BNInception, path: str | os.PathLike) -> None:
-    """Load a Cadene-layout ImageNet state dict from ``path`` into a plain ``model``."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"BNInception pretrained weights not found: {path}")
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    """Load BN-Inception ImageNet weights from ``path`` (TSN, Cadene or native keys, see the module
+    docstring) into a plain ``model``; any key left over or missing is an error naming the file."""
+    source = read_state_dict(path, "BNInception pretrained weights")
     own = model.state_dict()
     mapping = _caffe_key_map(model)
-    state, unexpected = {}, []
+    state = {}
     for key, value in source.items():
         if key.startswith(("last_linear.", "fc.")):
             continue  # ImageNet classifier: the video model brings its own head
-        native = mapping.get(key, key if key in own else None)
-        if native is None:
-            unexpected.append(key)
-        else:
-            state[native] = value
-    # Old checkpoints predate BatchNorm's counter; it has no effect in eval or with momentum.
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise ValueError(f"{path} is not a BN-Inception state dict (Cadene key layout): "
-                         f"{len(missing)} missing keys (e.g. {_reverse(mapping, missing[:4])}), "
-                         f"{len(unexpected)} unexpected keys (e.g. {unexpected[:4]})")
-    wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if wrong:
-        raise ValueError(f"{path}: shapes differ from this BNInception (width_mult != 1?) for "
-                         f"{len(wrong)} tensors, e.g. {wrong[0]}: {tuple(state[wrong[0]].shape)} vs "
-                         f"{tuple(own[wrong[0]].shape)}")
+        # A key that is neither a Caffe name nor ours stays as it is, to be listed as unexpected.
+        state[mapping.get(key, key)] = value
+    state = fit_state_dict(own, state, path, "BN-Inception (TSN/Cadene Caffe key names, or this module's own)",
+                           shown=lambda keys: _reverse(mapping, keys))
     model.load_state_dict(state, strict=False)
 
 

@@ -15,10 +15,11 @@ as BN-Inception and ResNet-50). Floor-mode pooling at 229 gives 23.48 G (-13%) a
 22.84 G, so neither is what the paper measured. At the standard 299 the two pooling modes give
 the same sizes, so the ceil mode changes nothing for torchvision's own use of the weights.
 
-``pretrained``: a local torchvision ``inception_v3`` ImageNet state dict (e.g. the file
-``inception_v3_google-0cc3c7bd.pth``); ``fc.*`` and ``AuxLogits.*`` are ignored. As torchvision
-does for these weights, ``transform_input`` is then switched on, so frames normalized with the
-usual ImageNet mean/std are rescaled to the [-1, 1] range the weights were trained on.
+``pretrained`` (a local file; nothing is ever downloaded), for the paper layout: a torchvision
+``inception_v3`` ImageNet state dict (e.g. the file ``inception_v3_google-0cc3c7bd.pth``);
+``fc.*`` and ``AuxLogits.*`` are ignored. As torchvision does for these weights,
+``transform_input`` is then switched on, so frames normalized with the usual ImageNet mean/std
+are rescaled to the [-1, 1] range the weights were trained on.
 
 ``layout="release"``: the authors' release (``gsf/release.py``) is not torchvision's network but
 the "inceptionv3-cuhk" model built from ``backbones/inceptionv3_gsf.yaml`` of swathikirans/GSF.
@@ -31,6 +32,16 @@ is BGR 0-255 minus (104, 117, 128)); the module sits between the host conv and i
 release's max pools round up (ceil mode); at its 229x229 input only the two stem pools change
 size, which this variant (like the paper one) sets; Mixed_6a/7a's pools give the same sizes either
 way there, and sizes where they would not are not the release's.
+
+``pretrained`` for ``layout="release"``: the ImageNet file the release starts from,
+``https://yjxiong.blob.core.windows.net/models/inceptionv3-cuhk-0e09b300b493bc74c.pth``
+("inceptionv3-cuhk", keys named by the ids of the release's ``backbones/inceptionv3.yaml``:
+``<unit>_Conv2D.weight/.bias``, ``<unit>_batchnorm.*``; a leading dim of 1 is squeezed, the
+classifier ``top_cls_fc.*`` ignored), mapped key for key onto this variant with the release's
+name table (``gsf.release``); or this variant's own keys (what ``python -m harness.prepare weights
+inception_v3`` writes). Those weights expect BGR 0-255 minus (104, 117, 128)
+(``data.normalize: caffe_bgr``); torchvision's weights do not fit this variant, nor these the
+paper layout.
 """
 from __future__ import annotations
 
@@ -46,8 +57,9 @@ from torchvision.models.inception import (Inception3, InceptionA, InceptionAux, 
 
 from ..registry import register_backbone
 from . import Insert, blocks_to_convert, on_fresh_input
+from .weights import fit_state_dict, read_state_dict
 
-__all__ = ["build_inception_v3", "PLACEMENTS", "BLOCK_NAMES", "INPUT_SIZE"]
+__all__ = ["build_inception_v3", "cuhk_key_map", "PLACEMENTS", "BLOCK_NAMES", "INPUT_SIZE"]
 
 INPUT_SIZE = 229
 
@@ -73,19 +85,50 @@ def _check(placement: str, num_blocks: int | None, width_mult: float) -> int:
 
 
 def _load_pretrained(net: nn.Module, path: str | os.PathLike) -> None:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"InceptionV3 pretrained weights not found: {path}")
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    """torchvision's ImageNet weights into the paper-layout network."""
+    source = read_state_dict(path, "InceptionV3 pretrained weights")
+    if _is_release_file(source):
+        raise ValueError(f"{path} holds the release's Inception-v3 (inceptionv3-cuhk) weights, which fit only "
+                         "the authors' variant: set model.layout: release (and data.normalize: caffe_bgr)")
     state = {k: v for k, v in source.items() if not k.startswith(("fc.", "AuxLogits."))}
-    own = net.state_dict()
-    # Checkpoints older than BatchNorm's counter lack it; it plays no part in eval or with momentum.
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise ValueError(f"{path} is not a torchvision inception_v3 state dict: {len(missing)} missing keys "
-                         f"(e.g. {missing[:4]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:4]})")
+    state = fit_state_dict(net.state_dict(), state, path, "torchvision's inception_v3")
     net.load_state_dict(state, strict=False)
     net.transform_input = True  # the weights expect [-1, 1] inputs, as in torchvision
+
+
+def _load_release_pretrained(net: nn.Module, path: str | os.PathLike) -> None:
+    """The release's ImageNet file (inceptionv3-cuhk names), or this variant's own keys, into the
+    release-layout network."""
+    source = read_state_dict(path, "InceptionV3 pretrained weights")
+    if "Conv2d_1a_3x3.conv.weight" in source and "Conv2d_1a_3x3.conv.bias" not in source:
+        raise ValueError(f"{path} holds torchvision's inception_v3 weights, which do not fit the authors' variant "
+                         "(layout: release; biased convs, transposed kernels); use them with layout: paper, "
+                         "or the release's inceptionv3-cuhk file (python -m harness.prepare weights inception_v3)")
+    mapping = cuhk_key_map(net)
+    state = {mapping.get(k, k): v for k, v in source.items() if not k.startswith("top_cls_fc.")}
+    back = {ours: theirs for theirs, ours in mapping.items()}
+    state = fit_state_dict(net.state_dict(), state, path,
+                           "the release's Inception-v3 (inceptionv3-cuhk key names, or this variant's own)",
+                           shown=lambda keys: [back.get(k, k) for k in keys])
+    net.load_state_dict(state, strict=False)
+
+
+def cuhk_key_map(net: nn.Module) -> dict[str, str]:
+    """inceptionv3-cuhk key (the release yaml's ids) -> this release-layout network's key."""
+    from ..release import _units  # the release's name table; imported here, as release imports the backbones
+
+    mapping = {}
+    for path, (conv, bn, _) in _units(net, "inception_v3").items():
+        for p in ("weight", "bias"):
+            mapping[f"{conv}.{p}"] = f"{path}.conv.{p}"
+        for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            mapping[f"{bn}.{p}"] = f"{path}.bn.{p}"
+    return mapping
+
+
+def _is_release_file(state: dict) -> bool:
+    """The release's Inception-v3 weights, in its names (cuhk) or ours (biased convs)."""
+    return "conv_Conv2D.weight" in state or "Conv2d_1a_3x3.conv.bias" in state
 
 
 class ReleaseConv(nn.Module):
@@ -143,9 +186,6 @@ def build_inception_v3(insert: Insert | None, placement: str = "branch4", num_bl
     ``layout="release"``: the authors' variant (see the module docstring)."""
     num_blocks = _check(placement, num_blocks, width_mult)
     release = layout == "release"
-    if release and pretrained is not None:
-        raise ValueError("InceptionV3 layout='release' is the authors' variant, which torchvision's ImageNet "
-                         "weights do not fit; load a released checkpoint (model.release_checkpoint) instead")
     if release:
         net = _release_inception_v3()
     else:
@@ -153,7 +193,7 @@ def build_inception_v3(insert: Insert | None, placement: str = "branch4", num_bl
     net.maxpool1.ceil_mode = net.maxpool2.ceil_mode = True  # Caffe pooling, as the paper's model
     net.dropout, net.fc = nn.Identity(), nn.Identity()  # the video classifier adds its own
     if pretrained is not None:
-        _load_pretrained(net, pretrained)
+        (_load_release_pretrained if release else _load_pretrained)(net, pretrained)
     if insert is not None:
         for name in BLOCK_NAMES[len(BLOCK_NAMES) - num_blocks:]:
             block = getattr(net, name)
