@@ -8,7 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .synthetic import MAX_CLASSES, Nuisance
 
-FRAME_DATASETS = {"something-v1": "{:05d}.jpg", "something-v2": "{:06d}.jpg"}  # 1-based frame files
+# Frame file names (1-based) per dataset, as the authors' release and ``harness.prepare`` write them.
+FRAME_TEMPLATES = {"something-v1": "{:05d}.jpg", "something-v2": "{:06d}.jpg",
+                   "kinetics400": "img_{:05d}.jpg", "diving48": "img_{:05d}.jpg"}
+# What a real dataset holds unless data.media says otherwise: the official downloads' form.
+DEFAULT_MEDIA = {"something-v1": "frames", "something-v2": "frames", "kinetics400": "videos", "diving48": "videos"}
 # Datasets whose classes name left/right: a horizontal flip needs a label map.
 DIRECTIONAL = ("something-v1", "something-v2")
 
@@ -51,10 +55,13 @@ class DataConfig(BaseModel):
     Real datasets (required: root, train_list, val_list, categories; a relative root is taken
     from the directory the sweep command runs in, other relative paths and the folders/videos
     named in the lists from root):
+      media                   "frames" (a folder of JPEGs per sample) | "videos" (one file per sample);
+                              default: frames for Something-Something, videos for Kinetics and Diving48
+                              (python -m harness.prepare writes frames for all four unless --keep-videos)
       train_list / val_list   frames: "folder num_frames label" lines; videos: "path label" lines
       categories              one class name per line; its line count is num_classes
-      frame_template          frame file names inside a folder, 1-based
-                              (default {:05d}.jpg for V1, {:06d}.jpg for V2)
+      frame_template          frame file names inside a folder, 1-based (default {:05d}.jpg for V1,
+                              {:06d}.jpg for V2, img_{:05d}.jpg for Kinetics and Diving48)
 
     Synthetic (see harness/data/SYNTHETIC.md; the defaults fit the CPU smoke budget):
       num_classes    even, <= 12: the first num_classes/2 time-reversed pairs (default 12)
@@ -88,7 +95,11 @@ class DataConfig(BaseModel):
     train_list: _Lax[Path] | None = Field(None, description="training list file; relative: to root")
     val_list: _Lax[Path] | None = Field(None, description="validation list file; relative: to root")
     categories: _Lax[Path] | None = Field(None, description="class names, one a line; relative: to root")
-    frame_template: str | None = None
+    media: Literal["frames", "videos"] | None = Field(None, description=(
+        "frames: a folder of JPEGs per sample; videos: one video file per sample; default (None): "
+        "frames for something-v1/v2, videos for kinetics400/diving48"))
+    frame_template: str | None = Field(None, description=(
+        "frame file names inside a folder, 1-based (default: the dataset's, FRAME_TEMPLATES)"))
 
     num_classes: int = Field(12, ge=2, le=MAX_CLASSES, description="synthetic classes (even)")
     train_size: int = Field(4000, ge=1, le=10_000_000, description="synthetic clips per training epoch")
@@ -122,6 +133,15 @@ class DataConfig(BaseModel):
     @property
     def nuisance(self) -> Nuisance:
         return Nuisance(self.distractors, self.clutter, self.occlusion, self.noise, self.jitter)
+
+    @property
+    def frames(self) -> bool:
+        """Samples are frame folders (else video files)."""
+        return (self.media or DEFAULT_MEDIA.get(self.dataset)) == "frames"
+
+    @property
+    def template(self) -> str:
+        return self.frame_template or FRAME_TEMPLATES.get(self.dataset, "{:05d}.jpg")
 
     @property
     def crop_size(self) -> int:

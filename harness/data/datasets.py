@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from . import transforms as tf
-from .config import DIRECTIONAL, FRAME_DATASETS, DataConfig, DataError
+from .config import DIRECTIONAL, DataConfig, DataError
 from .synthetic import CLASS_NAMES, MIRROR, render_clip
 
 
@@ -112,10 +112,8 @@ def check_data(cfg: DataConfig, num_classes: int | None = None) -> None:
     if num_classes is not None and num_classes != len(names):
         raise DataError(f"{categories}: {len(names)} classes, but model.num_classes is {num_classes}")
     flip_map(cfg, names)
-    frames = cfg.dataset in FRAME_DATASETS
-    template = (cfg.frame_template or FRAME_DATASETS[cfg.dataset]) if frames else None
     for p in (cfg.train_list, cfg.val_list):
-        read_list(cfg.resolve(p), cfg, len(names), frames, template)
+        read_list(cfg.resolve(p), cfg, len(names), cfg.frames, cfg.template if cfg.frames else None)
 
 
 def flip_map(cfg: DataConfig, categories: list[str]) -> dict[int, int]:
@@ -434,11 +432,9 @@ def build_datasets(cfg: DataConfig, num_frames: int = 8, seed: int = 0) -> tuple
     else:
         names = read_categories(cfg.resolve(cfg.categories))
         mirror = flip_map(cfg, names)
-        frames = cfg.dataset in FRAME_DATASETS
-        lists = [read_list(cfg.resolve(p), cfg, len(names), frames) for p in (cfg.train_list, cfg.val_list)]
-        if frames:
-            template = cfg.frame_template or FRAME_DATASETS[cfg.dataset]
-            sources = tuple(FrameFolders(samples, template) for samples in lists)
+        lists = [read_list(cfg.resolve(p), cfg, len(names), cfg.frames) for p in (cfg.train_list, cfg.val_list)]
+        if cfg.frames:
+            sources = tuple(FrameFolders(samples, cfg.template) for samples in lists)
         else:
             sources = tuple(VideoFiles(samples) for samples in lists)
     return tuple(ClipDataset(src, cfg, num_frames, train, len(names), list(names), mirror, seed)
