@@ -1,0 +1,184 @@
+"""Frames out of videos, in parallel, resumably, with progress: the work of ``harness.prepare``.
+
+One video is one task: decoded with PyAV (as the loader decodes), resized in the same pass as the
+colour conversion (swscale, bicubic, as ``ffmpeg -vf scale`` does by default), written as JPEGs
+into ``<folder>.partial`` and renamed to ``<folder>`` only when every frame is out. So a folder
+with the final name is complete, and anything else (a ``.partial`` left by a stopped run, a
+folder whose numbering has a gap) is redone on the next run.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+JPEG_QUALITY = 90  # ~20 KB per 256-px frame; the loader's resize and crop dominate what is lost
+
+
+@dataclass(frozen=True)
+class Size:
+    """The frame size rule: ``height`` N (Something-Something-V2's frames, at 256) or
+    ``short_side`` N (Kinetics, Diving48); the other side keeps the aspect ratio."""
+
+    height: int | None = None
+    short_side: int | None = None
+
+    def __call__(self, width: int, height: int) -> tuple[int, int]:
+        if self.height is not None:
+            return max(1, round(width * self.height / height)), self.height
+        n = self.short_side
+        return (n, max(1, round(height * n / width))) if width <= height else (max(1, round(width * n / height)), n)
+
+
+def count_complete(folder: Path, template: str) -> int:
+    """Frames 1..n in ``folder`` when they are all the folder holds (a finished extraction), else 0."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    n = len(names)
+    return n if n and all(template.format(k) in names for k in (1, n)) and _contiguous(names, template, n) else 0
+
+
+def _contiguous(names: list[str], template: str, n: int) -> bool:
+    return set(names) == {template.format(k) for k in range(1, n + 1)}
+
+
+class WriteError(RuntimeError):
+    """Writing the output failed (a full disk, permissions): the whole run stops, unlike a bad video."""
+
+
+def decode_all(video: Path, each=None) -> int:
+    """Decode every frame of ``video``, calling ``each(frame, k)`` (k from 1) on each; returns
+    the count. A video that is absent, damaged (FFmpeg's own concealment off, as in the loader)
+    or shorter than its container claims is a ``ValueError`` saying so."""
+    import av
+
+    n = 0
+    try:
+        with av.open(str(video)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.options = {"err_detect": "explode"}
+            claimed = _claimed_frames(stream)
+            for frame in container.decode(stream):
+                n += 1
+                if each is not None:
+                    each(frame, n)
+        if n == 0:
+            raise ValueError("no video frames could be decoded")
+        if claimed and n < claimed - max(2, claimed // 20):
+            raise ValueError(f"decoded {n} frames but the container claims ~{claimed}: the file is truncated")
+    except (av.FFmpegError, IndexError, ValueError) as e:  # IndexError: no video stream
+        what = str(e) or type(e).__name__
+        raise ValueError(f"cannot decode: {what}" + (f" (after {n} frames)" if n else "")) from None
+    return n
+
+
+def extract_frames(video: Path, folder: Path, template: str, size: Size, quality: int = JPEG_QUALITY) -> int:
+    """Decode ``video`` into ``folder/<template>`` JPEGs (1-based); returns the frame count.
+    A bad video is a ``ValueError`` and leaves nothing at ``folder``."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+
+    def write(frame, k: int) -> None:
+        width, height = size(frame.width, frame.height)
+        image = frame.reformat(width=width, height=height, format="rgb24", interpolation="BICUBIC").to_image()
+        try:
+            image.save(partial / template.format(k), quality=quality)
+        except OSError as e:
+            raise WriteError(f"{partial / template.format(k)}: {e}") from None
+
+    try:
+        n = decode_all(video, write)
+    except ValueError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+    return n
+
+
+def _claimed_frames(stream) -> int:
+    """The frame count the container states: its own count (MP4), else duration x rate (WebM's
+    header holds the duration, so a truncated file still claims the whole video)."""
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.frames > 0:
+        return stream.frames
+    if stream.duration and stream.time_base and rate:
+        return int(float(stream.duration * stream.time_base) * float(rate))
+    if stream.container.duration and rate:
+        return int(stream.container.duration / 1_000_000 * float(rate))
+    return 0
+
+
+class Progress:
+    """One line of progress with rate and ETA on stderr: redrawn on a terminal, else a line
+    every 5% (or minute), so a log file stays readable."""
+
+    def __init__(self, total: int, what: str, stream=sys.stderr):
+        self.total, self.what, self.stream = total, what, stream
+        self.start = self.last = time.monotonic()
+        self.shown = -1
+        self.tty = stream.isatty()
+
+    def update(self, done: int, failed: int = 0) -> None:
+        now = time.monotonic()
+        step = max(1, self.total // 20)
+        if not (done == self.total or (self.tty and now - self.last > 0.5)
+                or (not self.tty and (done // step > self.shown // step or now - self.last > 60))):
+            return
+        self.last, self.shown = now, done
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        line = (f"{self.what}: {done}/{self.total} ({100 * done / max(self.total, 1):.0f}%), {rate:.1f}/s"
+                + (f", {failed} failed" if failed else "") + (f", ETA {_clock(eta)}" if done < self.total else
+                                                               f", {_clock(now - self.start)}"))
+        print(("\r" + line + " " * 8) if self.tty else line, end="\n" if not self.tty or done == self.total else "",
+              file=self.stream, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def run_parallel(fn, tasks: list[tuple], workers: int, what: str, done=None) -> tuple[dict, dict]:
+    """``fn(*task)`` for every task on ``workers`` processes: ({index: result}, {index: error}).
+    ``done(index, result)`` is called here, in this process, as each task succeeds."""
+    results, errors = {}, {}
+    progress = Progress(len(tasks), what)
+    if not tasks:
+        return results, errors
+    if workers <= 1:
+        for i, task in enumerate(tasks):
+            try:
+                results[i] = fn(*task)
+                if done is not None:
+                    done(i, results[i])
+            except ValueError as e:
+                errors[i] = str(e)
+            progress.update(len(results) + len(errors), len(errors))
+        return results, errors
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                results[i] = future.result()
+                if done is not None:
+                    done(i, results[i])
+            except ValueError as e:
+                errors[i] = str(e)
+            progress.update(len(results) + len(errors), len(errors))
+    return results, errors
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(e.stat().st_size for e in os.scandir(folder) if e.is_file())

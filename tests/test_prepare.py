@@ -1,0 +1,226 @@
+"""``python -m harness.prepare`` on tiny copies of the official downloads (``official_formats``):
+lists in the release's class order, frames that are the video's frames in order at the stated
+size, failures listed (exit 1) and left out, resume, dry run, refusals, ``--check``; and what a
+sweep says when a paper profile's files are not prepared."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import official_formats as official
+from harness.data import DataConfig, build_datasets, check_data
+from harness.prepare.__main__ import main
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
+
+
+def prepare(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.prepare", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=ENV, timeout=300)
+
+
+def listed(path: Path) -> list[list[str]]:
+    return [line.rsplit(None, 2) if "videofolder" in path.name else line.rsplit(None, 1)
+            for line in path.read_text().splitlines()]
+
+
+def failures(out: Path) -> dict[str, str]:
+    lines = (out / "prepare_failures.txt").read_text().splitlines()[1:]
+    return {line.split("\t")[1]: line.split("\t")[2] for line in lines}
+
+
+def frame_indices(folder: Path, template: str, count: int) -> list[int]:
+    return [official.frame_index(Image.open(folder / template.format(k))) for k in range(1, count + 1)]
+
+
+def test_something_v1_lists_in_sorted_class_order_with_links_and_failures(tmp_path):
+    download = official.something_v1(tmp_path / "download")
+    out = tmp_path / "ssv1"
+    done = prepare("something-v1", "--source", download.root, "--out", out)
+    assert done.returncode == 1, done.stderr  # one corrupt (empty) folder, one absent: listed, the rest prepared
+    classes = (out / "category.txt").read_text().splitlines()
+    assert classes == sorted(download.classes) and classes != download.classes  # the release's order, not the CSV's
+    assert (out / "frames").is_symlink() and (out / "frames").resolve() == (download.root / "20bn-something-something-v1").resolve()
+    for split, name in (("train", "train_videofolder.txt"), ("val", "val_videofolder.txt")):
+        rows = listed(out / name)
+        assert {folder.removeprefix("frames/") for folder, _, _ in rows} == set(getattr(download, split))
+        for folder, count, label in rows:
+            vid = folder.removeprefix("frames/")
+            assert int(count) == download.frames[vid] and classes[int(label)] == getattr(download, split)[vid]
+    assert set(failures(out)) == set(download.corrupt) | set(download.absent)
+    assert "prepare_failures.txt" in done.stderr and all(v in done.stderr for v in download.corrupt + download.absent)
+    check = prepare("something-v1", "--check", "--out", out)
+    assert check.returncode == 0 and "OK" in check.stdout, check.stderr
+    # Nothing was written into the download.
+    assert sorted(p.name for p in download.root.iterdir()) == sorted(
+        ["20bn-something-something-v1", "something-something-v1-labels.csv", "something-something-v1-train.csv",
+         "something-something-v1-validation.csv"])
+
+
+def test_something_v2_frames_are_the_videos_frames_at_height_256_and_resume(tmp_path, capsys):
+    download = official.something_v2(tmp_path / "download")
+    out = tmp_path / "ssv2"
+    assert main(["something-v2", "--source", str(download.root), "--out", str(out), "--workers", "2"]) == 1
+    classes = (out / "category.txt").read_text().splitlines()
+    assert classes == download.classes  # the labels file's index order
+    rows = {f.removeprefix("frames/"): (int(n), int(label)) for f, n, label in listed(out / "train_videofolder.txt")}
+    rows |= {f.removeprefix("frames/"): (int(n), int(label)) for f, n, label in listed(out / "val_videofolder.txt")}
+    assert set(rows) == set(download.train) | set(download.val)
+    for vid, (count, label) in rows.items():
+        assert count == download.frames[vid] and classes[label] == {**download.train, **download.val}[vid]
+        folder = out / "frames" / vid
+        assert sorted(os.listdir(folder)) == [f"{k:06d}.jpg" for k in range(1, count + 1)]
+        width, height = Image.open(folder / "000001.jpg").size
+        source_w, source_h = download.size[vid]
+        assert height == 256 and width == round(source_w * 256 / source_h)
+        assert frame_indices(folder, "{:06d}.jpg", count) == list(range(count))
+    assert set(failures(out)) == set(download.corrupt) | set(download.absent)
+    assert "truncated" in failures(out)[download.corrupt[0]] or "decode" in failures(out)[download.corrupt[0]]
+
+    # Resume: complete folders are kept; one with a frame missing and a stopped run's .partial are redone.
+    vids = sorted(rows)
+    kept, broken = out / "frames" / vids[0], out / "frames" / vids[1]
+    stamp = (kept / "000001.jpg").stat().st_mtime_ns
+    (broken / f"{rows[vids[1]][0]:06d}.jpg").unlink()  # the last frame: 1..n-1 still look whole
+    (out / "frames" / f"{vids[2]}.partial").mkdir()
+    capsys.readouterr()
+    assert main(["something-v2", "--source", str(download.root), "--out", str(out), "--workers", "1"]) == 1
+    said = capsys.readouterr().out
+    # The corrupt video is tried again too: a failure is never remembered as done.
+    assert f"{len(rows) - 1} already extracted (kept), {1 + len(download.corrupt)} to extract" in said, said
+    assert (kept / "000001.jpg").stat().st_mtime_ns == stamp
+    assert len(os.listdir(broken)) == rows[vids[1]][0] and not (out / "frames" / f"{vids[2]}.partial").exists()
+    # The prepared folder passes the sweep's own data check and loads as the paper profile reads it.
+    cfg = DataConfig(dataset="something-v2", root=out, train_list="train_videofolder.txt",
+                     val_list="val_videofolder.txt", categories="category.txt", input_size=224)
+    check_data(cfg, len(classes))
+    train, val = build_datasets(cfg, num_frames=4)
+    clip, label = train[0]
+    assert clip.shape == (4, 3, 224, 224) and 0 <= label < len(classes)
+
+
+def test_kinetics_frames_at_short_side_from_nested_videos_and_keep_videos(tmp_path):
+    download = official.kinetics400(tmp_path / "download")
+    notes = download.annotations
+    out = tmp_path / "k400"
+    done = prepare("kinetics400", "--source", download.root, "--annotations", notes["train"], notes["val"],
+                   "--short-side", 128, "--out", out)
+    assert done.returncode == 1, done.stderr
+    classes = (out / "category.txt").read_text().splitlines()
+    assert classes == sorted(classes) and set(classes) == set(download.train.values()) | set(download.val.values())
+    rows = listed(out / "train_videofolder.txt") + listed(out / "val_videofolder.txt")
+    truth = {**download.train, **download.val}
+    assert len(rows) == len(truth)
+    for folder, count, label in rows:
+        stem = folder.removeprefix("frames/")
+        youtube_id = stem[:-14]  # {youtube_id}_{start:06d}_{end:06d}
+        assert classes[int(label)] == truth[youtube_id] and int(count) == download.frames[youtube_id]
+        width, height = Image.open(out / folder / "img_00001.jpg").size
+        assert min(width, height) == 128
+        source_w, source_h = download.size[youtube_id]
+        assert (width > height) == (source_w > source_h)
+        assert frame_indices(out / folder, "img_{:05d}.jpg", int(count)) == list(range(int(count)))
+    assert {stem[:-14] for stem in failures(out)} == set(download.corrupt) | set(download.absent)
+    assert "data: {dataset: kinetics400" in done.stdout and "media: frames" in done.stdout
+    cfg = DataConfig(dataset="kinetics400", media="frames", root=out, train_list="train_videofolder.txt",
+                     val_list="val_videofolder.txt", categories="category.txt", input_size=112)
+    check_data(cfg, len(classes))
+    assert build_datasets(cfg, num_frames=3)[1][0][0].shape == (1, 3, 3, 112, 112)
+
+    # --keep-videos: the download's videos, each decoded once, listed for the video loader.
+    videos = tmp_path / "k400-videos"
+    done = prepare("kinetics400", "--source", download.root, "--annotations", notes["train"], notes["val"],
+                   "--keep-videos", "--out", videos)
+    assert done.returncode == 1, done.stderr
+    rows = listed(videos / "train_videos.txt") + listed(videos / "val_videos.txt")
+    assert len(rows) == len(truth) and all((videos / path).is_file() for path, _ in rows)
+    assert (videos / "videos").resolve() == download.root.resolve()
+    cfg = DataConfig(dataset="kinetics400", root=videos, train_list="train_videos.txt", val_list="val_videos.txt",
+                     categories="category.txt", input_size=112)
+    check_data(cfg, len(classes))
+    assert build_datasets(cfg, num_frames=3)[0][0][0].shape == (3, 3, 112, 112)
+    again = prepare("kinetics400", "--source", download.root, "--annotations", notes["train"], notes["val"],
+                    "--keep-videos", "--out", videos)
+    assert f"{len(truth)} already checked (kept), {len(download.corrupt)} to decode" in again.stdout, again.stdout
+
+
+def test_diving48_class_names_from_the_vocabulary_or_numbers(tmp_path):
+    download = official.diving48(tmp_path / "download")
+    notes = download.annotations
+    out = tmp_path / "d48"
+    assert main(["diving48", "--source", str(download.root), "--annotations", str(notes["train"]), str(notes["val"]),
+                 "--vocab", str(notes["labels"]), "--out", str(out), "--short-side", "64"]) == 1
+    classes = (out / "category.txt").read_text().splitlines()
+    assert classes == [" ".join(v) for v in json.loads(notes["labels"].read_text())]
+    truth = {**download.train, **download.val}
+    for folder, count, label in listed(out / "train_videofolder.txt") + listed(out / "val_videofolder.txt"):
+        vid = folder.removeprefix("frames/")
+        assert classes[int(label)] == truth[vid] and int(count) == download.frames[vid]
+    plain = tmp_path / "d48-plain"
+    assert main(["diving48", "--source", str(download.root), "--annotations", str(notes["train"]), str(notes["val"]),
+                 "--out", str(plain), "--keep-videos"]) == 1
+    assert (plain / "category.txt").read_text().splitlines() == [str(i) for i in range(48)]
+
+
+def test_dry_run_writes_nothing_and_estimates_the_disk(tmp_path, capsys):
+    download = official.something_v2(tmp_path / "download", corrupt=False, absent=False)
+    out = tmp_path / "ssv2"
+    assert main(["something-v2", "--source", str(download.root), "--out", str(out), "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert not out.exists()
+    assert "estimate: ~" in said and "free at" in said and "dry run: nothing written" in said, said
+
+
+def test_not_enough_disk_is_refused_before_the_bulk(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    download = official.something_v2(tmp_path / "download", corrupt=False, absent=False)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 10, 10))
+    assert main(["something-v2", "--source", str(download.root), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "the frames need ~" in err and "--no-space-check" in err, err
+
+
+@pytest.mark.parametrize("case,match", [
+    ("inside", "is inside --source"),
+    ("no-source", "--source DIR (the official download) is required"),
+    ("bad-annotation", "something-something-v1-train.csv:4: expected 'id;class name'"),
+    ("no-annotations", "--annotations TRAIN VAL is required"),
+])
+def test_refusals_are_one_line_and_exit_2(tmp_path, case, match):
+    download = official.something_v1(tmp_path / "download", corrupt=False, absent=False)
+    args = ["something-v1", "--source", download.root, "--out", tmp_path / "out"]
+    if case == "inside":
+        args[-1] = download.root / "prepared"
+    elif case == "no-source":
+        args = ["something-v1", "--out", tmp_path / "out"]
+    elif case == "bad-annotation":
+        path = download.annotations["train"]
+        path.write_text(path.read_text() + "12345 no separator\n")
+    else:
+        args = ["kinetics400", "--source", download.root]
+    done = prepare(*args)
+    assert done.returncode == 2 and match in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_a_paper_profiles_dry_run_on_an_empty_data_folder_names_the_prepare_commands(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "harness.sweep", str(ROOT / "ablations" / "table5_components.yaml"),
+                           "--profile", "paper", "--dry-run", "--results-dir", str(tmp_path / "results")],
+                          capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert any(f"{tmp_path}/data/weights/bninception_imagenet.pth: not found; make it with: "
+               "python -m harness.prepare weights bninception" in line for line in lines), lines
+    assert any(f"{tmp_path}/data/something-v1/category.txt: not found; prepare it from the official download with: "
+               "python -m harness.prepare something-v1 --source PATH/TO/something-something-v1" in line
+               for line in lines), lines
+    assert all(line.startswith("harness.sweep: error: ") for line in lines) and "Traceback" not in done.stderr
