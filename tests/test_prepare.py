@@ -224,3 +224,78 @@ def test_a_paper_profiles_dry_run_on_an_empty_data_folder_names_the_prepare_comm
                "python -m harness.prepare something-v1 --source PATH/TO/something-something-v1" in line
                for line in lines), lines
     assert all(line.startswith("harness.sweep: error: ") for line in lines) and "Traceback" not in done.stderr
+
+
+# --- what a spec and a sweep make of model.pretrained -----------------------------------------------
+
+def spec_file(tmp_path: Path, model: dict, data: dict | None = None) -> Path:
+    import yaml
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({
+        "description": "pretrained", "base": {"model": {"backbone": "resnet18", "module": "tsm", "num_classes": 4,
+                                                         "width_mult": 0.25, **model},
+                                              "data": {"dataset": "synthetic", "num_classes": 4, **(data or {})}},
+        "grid": {"variants": [{"name": "a"}]}}))
+    return path
+
+
+def test_imagenet_names_the_backbones_prepared_file_and_none_stays_none(tmp_path):
+    from harness.run_info import initialisation
+    from harness.spec import load_spec
+
+    (trial,) = load_spec(spec_file(tmp_path, {"pretrained": "imagenet"}), cwd=tmp_path).trials
+    assert trial.config["model"]["pretrained"] == str(tmp_path / "data" / "weights" / "resnet18_imagenet.pth")
+    assert initialisation(trial.config["model"]) == "pretrained resnet18_imagenet.pth"
+    (trial,) = load_spec(spec_file(tmp_path, {"pretrained": "none"}), cwd=tmp_path).trials
+    assert trial.config["model"]["pretrained"] == "none"
+    assert initialisation(trial.config["model"]) == "random (model.pretrained: none)"
+    (trial,) = load_spec(spec_file(tmp_path, {}), cwd=tmp_path).trials
+    assert initialisation(trial.config["model"]) == "random (no model.pretrained)"
+    from harness.spec import imagenet_weights
+    from harness.prepare import weights_command
+
+    assert imagenet_weights("timm/convnext_tiny") == "data/weights/timm_convnext_tiny_imagenet.pth"
+    assert weights_command(Path("data/weights/timm_convnext_tiny_imagenet.pth")) == (
+        "python -m harness.prepare weights timm/convnext_tiny --from PATH/TO/model.safetensors")
+    assert weights_command(tmp_path / "w" / "resnet50_imagenet.pth") == (
+        f"python -m harness.prepare weights resnet50 --out {tmp_path / 'w'}")
+
+
+def test_the_sweep_checks_weights_before_any_trial(tmp_path):
+    """Present, loadable into the backbone, and fed the input its preparation recorded; measuring needs none."""
+    import torchvision
+
+    from harness.spec import load_spec
+    from harness.sweep import check_weights
+
+    import torch
+
+    good, wrong = tmp_path / "r18.pth", tmp_path / "r50.pth"
+    thin_resnet18(good)
+    torch.save(torchvision.models.resnet50().state_dict(), wrong)
+    spec = load_spec(spec_file(tmp_path, {"pretrained": str(good)}), cwd=tmp_path)
+    assert check_weights(spec, spec.trials) == []
+    (good.with_suffix(".json")).write_text(json.dumps({"normalize": "caffe_bgr"}))
+    (problem,) = check_weights(spec, spec.trials)
+    assert f"{good} expects data.normalize: caffe_bgr" in problem and "the trial sets imagenet" in problem
+    spec = load_spec(spec_file(tmp_path, {"pretrained": str(wrong)}), cwd=tmp_path)
+    (problem,) = check_weights(spec, spec.trials)
+    assert str(wrong) in problem and "does not match" in problem
+    spec = load_spec(spec_file(tmp_path, {"pretrained": "imagenet"}), cwd=tmp_path)
+    (problem,) = check_weights(spec, spec.trials)
+    assert "make it with: python -m harness.prepare weights resnet18" in problem
+    done = subprocess.run([sys.executable, "-m", "harness.sweep", str(spec.path), "--measure-only", "--dry-run",
+                           "--results-dir", str(tmp_path / "results")], capture_output=True, text=True, cwd=tmp_path,
+                          env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr  # params, FLOPs and latency need no weights
+
+
+def thin_resnet18(path: Path) -> None:
+    """Weights for the spec's quarter-width ResNet-18, in torchvision's keys."""
+    import torch
+    from torchvision.models.resnet import BasicBlock
+
+    from gsf.backbones.resnet import _WidthResNet
+
+    torch.save(_WidthResNet(BasicBlock, [2, 2, 2, 2], 0.25).state_dict(), path)

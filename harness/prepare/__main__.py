@@ -184,18 +184,19 @@ def _absent(download: Download) -> list:
 
 def check_videos(download: Download, out: Path, workers: int, dry_run: bool):
     """--keep-videos: every video decoded once (nothing written but the list), linked as
-    ``out/videos``. Videos checked by an earlier run (same size and time) are not decoded again."""
+    ``out/videos``. Videos checked by an earlier run (same path, size and time) are not decoded again."""
     _link(out, "videos", download.root, dry_run)
-    cache = out / ".checked_videos.json"
-    checked = json.loads(cache.read_text()) if cache.is_file() else {}
-    stamp = {s: [(st := s.source.stat()).st_size, st.st_mtime_ns] for s in download.samples if s.source is not None}
-    counts = {s: checked[str(s.source)][2] for s in stamp if checked.get(str(s.source), [None] * 3)[:2] == stamp[s]}
-    todo = [s for s in stamp if s not in counts]
+    record = Record(out / ".checked_videos.tsv", dry_run)
+    key = {s: f"{s.source}:{(st := s.source.stat()).st_size}:{st.st_mtime_ns}"
+           for s in download.samples if s.source is not None}
+    counts = {s: record.get(k) for s, k in key.items() if record.get(k)}
+    todo = [s for s in key if s not in counts]
     print(f"  {len(counts)} already checked (kept), {len(todo)} to decode on {workers} process(es)", flush=True)
-    results, errors = run_parallel(decode_all, [(s.source,) for s in todo], workers, f"{download.dataset}: checking videos")
+    if dry_run:  # decoding is the whole work: a dry run only counts it
+        return counts | dict.fromkeys(todo, 0), _absent(download)
+    results, errors = run_parallel(decode_all, [(s.source,) for s in todo], workers,
+                                   f"{download.dataset}: checking videos", done=lambda i, n: record.add(key[todo[i]], n))
     counts.update({todo[i]: n for i, n in results.items()})
-    if not dry_run:
-        _write(cache, json.dumps({str(s.source): stamp[s] + [n] for s, n in counts.items()}))
     return counts, _absent(download) + [(todo[i], why) for i, why in sorted(errors.items())]
 
 

@@ -154,29 +154,23 @@ def run_parallel(fn, tasks: list[tuple], workers: int, what: str, done=None) -> 
     ``done(index, result)`` is called here, in this process, as each task succeeds."""
     results, errors = {}, {}
     progress = Progress(len(tasks), what)
-    if not tasks:
-        return results, errors
-    if workers <= 1:
-        for i, task in enumerate(tasks):
-            try:
-                results[i] = fn(*task)
-                if done is not None:
-                    done(i, results[i])
-            except ValueError as e:
-                errors[i] = str(e)
-            progress.update(len(results) + len(errors), len(errors))
-        return results, errors
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
-        for future in as_completed(futures):
-            i = futures[future]
-            try:
-                results[i] = future.result()
-                if done is not None:
-                    done(i, results[i])
-            except ValueError as e:
-                errors[i] = str(e)
-            progress.update(len(results) + len(errors), len(errors))
+
+    def outcomes():  # (index, a call that returns the task's result or raises its error)
+        if workers <= 1 or len(tasks) <= 1:
+            yield from ((i, lambda task=task: fn(*task)) for i, task in enumerate(tasks))
+            return
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
+            yield from ((futures[future], future.result) for future in as_completed(futures))
+
+    for i, result in outcomes():
+        try:
+            results[i] = result()
+            if done is not None:
+                done(i, results[i])
+        except ValueError as e:  # a bad video; anything else (a full disk) stops the run
+            errors[i] = str(e)
+        progress.update(len(results) + len(errors), len(errors))
     return results, errors
 
 

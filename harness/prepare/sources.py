@@ -52,6 +52,18 @@ def _json(path: Path):
         raise SourceError(f"{path}: not JSON: {e}") from None
 
 
+def _entries(path: Path, *keys: str):
+    """(position, (entry[key] for key in keys)) for each entry of the JSON list in ``path``."""
+    entries = _json(path)
+    if not isinstance(entries, list):
+        raise SourceError(f"{path}: expected a list of {{{', '.join(repr(k) for k in keys)}, ...}}")
+    for k, entry in enumerate(entries):
+        try:
+            yield k, tuple(entry[key] for key in keys)
+        except (KeyError, TypeError):
+            raise SourceError(f"{path}: entry {k}: expected keys {' and '.join(map(repr, keys))}, got {entry!r}") from None
+
+
 def _index(classes: list[str], source: Path) -> dict[str, int]:
     seen: dict[str, int] = {}
     for i, name in enumerate(classes):
@@ -103,19 +115,12 @@ def something_v2(source: Path) -> Download:
     samples = []
     for split, name in (("train", "train"), ("val", "validation")):
         path = source / f"something-something-v2-{name}.json"
-        entries = _json(path)
-        if not isinstance(entries, list):
-            raise SourceError(f"{path}: expected a list of {{\"id\": ..., \"template\": ...}}")
-        for k, entry in enumerate(entries):
-            try:
-                vid, template = str(entry["id"]), entry["template"]
-            except (KeyError, TypeError):
-                raise SourceError(f"{path}: entry {k}: expected keys 'id' and 'template', got {entry!r}") from None
-            label = template.replace("[", "").replace("]", "")
+        for k, (vid, template) in _entries(path, "id", "template"):
+            label = str(template).replace("[", "").replace("]", "")
             if label not in index:
                 raise SourceError(f"{path}: entry {k} (id {vid}): class {label!r} is not in {labels}")
             video = videos / f"{vid}.webm"
-            samples.append(Sample(vid, split, index[label], video if video.is_file() else None))
+            samples.append(Sample(str(vid), split, index[label], video if video.is_file() else None))
     return Download("something-v2", classes, samples, "videos", videos)
 
 
@@ -182,14 +187,8 @@ def diving48(source: Path, train_json: Path, test_json: Path, vocab: Path | None
     videos = _find_videos(source)
     samples = []
     for split, path in (("train", train_json), ("val", test_json)):
-        entries = _json(path)
-        if not isinstance(entries, list):
-            raise SourceError(f"{path}: expected a list of {{\"vid_name\": ..., \"label\": ...}}")
-        for k, entry in enumerate(entries):
-            try:
-                name, label = str(entry["vid_name"]), entry["label"]
-            except (KeyError, TypeError):
-                raise SourceError(f"{path}: entry {k}: expected keys 'vid_name' and 'label', got {entry!r}") from None
+        for k, (name, label) in _entries(path, "vid_name", "label"):
+            name = str(name)
             if not isinstance(label, int) or not 0 <= label < len(classes):
                 raise SourceError(f"{path}: entry {k} ({name}): label {label!r} is not in [0, {len(classes)})")
             samples.append(Sample(name, split, label, videos.get(name)))
