@@ -21,6 +21,8 @@ from .backbones import bninception, inception_v3, resnet  # noqa: F401 (each reg
 from .modules import GSF  # noqa: F401 (gsf.py and shift.py register the modules)
 from .registry import NO_MODULE, RESERVED_OPTIONS, TIMM_PREFIX, did_you_mean, get_backbone, get_module, module_options
 
+NO_WEIGHTS = "none"  # model.pretrained: random initialisation, on purpose
+
 # Who an option is passed to (Field's json_schema_extra): the temporal module or the backbone builder.
 MODULE, BACKBONE = "module", "backbone"
 
@@ -60,7 +62,9 @@ class ModelConfig(BaseModel):
                                    description="only the last N blocks (matches) get a module (None: all)")
     pretrained: str | None = Field(None, json_schema_extra=_to(BACKBONE),
                                    description="a local ImageNet weights file for the backbone (never downloaded); "
-                                   "in a spec, relative to the directory the sweep command runs in")
+                                   '"none": random initialisation, said explicitly (a run records which). In a spec, '
+                                   "relative to the directory the sweep command runs in, and \"imagenet\" names the "
+                                   "file python -m harness.prepare weights writes: data/weights/<backbone>_imagenet.pth")
     width_mult: float = Field(1.0, ge=1 / 64, le=4, json_schema_extra=_to(BACKBONE),
                               description="backbone channel multiplier (thin CPU stand-ins)")
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout before the classifier")
@@ -189,7 +193,8 @@ class ModelConfig(BaseModel):
         if self.module != NO_MODULE:
             placement = backbone.check_placement(self.placement)
         values = {"placement": placement, "num_blocks": self.num_blocks,
-                  "pretrained": self.pretrained if pretrained else None, "width_mult": self.width_mult,
+                  "pretrained": self.pretrained if pretrained and self.pretrained != NO_WEIGHTS else None,
+                  "width_mult": self.width_mult,
                   "layout": self.layout}
         taken = self.takes(BACKBONE)
         return {k: v for k, v in values.items() if (taken is None or k in taken) and not (k == "layout" and v is None)}

@@ -95,10 +95,22 @@ def trial_params(job: dict[str, Any]) -> dict[str, str]:
     return {"variant": job.get("variant", ""), "module_effective": effective_module(job["config"].get("model", {}))}
 
 
+def initialisation(model: dict[str, Any]) -> str:
+    """Where the trial's weights start from, for a tag: a run from random weights must say so."""
+    if model.get("release_checkpoint"):
+        return f"release checkpoint {os.path.basename(model['release_checkpoint'])}"
+    if model.get("pretrained") == "none":
+        return "random (model.pretrained: none)"
+    if model.get("pretrained"):
+        return f"pretrained {os.path.basename(model['pretrained'])}"
+    return "random (no model.pretrained)"
+
+
 def trial_tags(job: dict[str, Any], device) -> dict[str, str]:
     """The machine's fingerprint, and how many trials shared this node's CPU (absolute timings of
     trials that ran side by side on a CPU are not comparable with each other)."""
-    tags = {"module_effective": effective_module(job["config"].get("model", {})), **fingerprint()}
+    model = job["config"].get("model", {})
+    tags = {"module_effective": effective_module(model), "init": initialisation(model), **fingerprint()}
     cpus = os.cpu_count() or 1
     per_trial = float(job.get("cpus_per_trial", 1.0))
     at_once = max(1, min(int(job.get("sweep_trials", 1)), int(cpus // per_trial)))

@@ -38,7 +38,7 @@ from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-from gsf.model import ModelConfig, check_buildable
+from gsf.model import NO_WEIGHTS, ModelConfig, check_buildable
 from gsf.registry import get_backbone, get_module
 from harness import usercode
 from harness.data import DataConfig
@@ -448,11 +448,23 @@ def _merge(base: dict, override: dict) -> dict:
 PATH_KEYS = (("data", "root"), ("model", "pretrained"))
 
 
+# model.pretrained: "imagenet" is the file ``python -m harness.prepare weights BACKBONE`` writes.
+IMAGENET_WEIGHTS = "data/weights/{}_imagenet.pth"
+
+
+def imagenet_weights(backbone: str) -> str:
+    return IMAGENET_WEIGHTS.format(backbone.replace("/", "_"))
+
+
 def absolute_paths(config: dict[str, Any], base: Path) -> dict[str, Any]:
-    """``config`` (a resolved trial config) with every ``PATH_KEYS`` value made absolute."""
+    """``config`` (a resolved trial config) with every ``PATH_KEYS`` value made absolute, and
+    ``model.pretrained: imagenet`` the backbone's prepared file (``none`` stays: no weights)."""
+    model = config.get("model", {})
+    if model.get("pretrained") == "imagenet":
+        model["pretrained"] = imagenet_weights(model["backbone"])
     for section, key in PATH_KEYS:
         value = config.get(section, {}).get(key)
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and value and (section, key, value) != ("model", "pretrained", NO_WEIGHTS):
             config[section][key] = str(Path(os.path.normpath(base / Path(value).expanduser())))
     return config
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.resources import gpus_arg
+from gsf.model import NO_WEIGHTS
 from harness.spec import Spec, SpecError, load_spec
 
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
@@ -134,22 +135,95 @@ def take_lock(path: Path):
     return f
 
 
-def check_data(spec: Spec, trials) -> None:
+def check_data(spec: Spec, trials) -> list[str]:
     """The data of every distinct (data section, num_classes) among ``trials``, once, here in the
-    driver: a bad list or folder is one line before anything starts, not one failure per trial."""
-    from harness.data import DataConfig, DataError, check_data as check
+    driver: a bad list or folder is one line before anything starts, not one failure per trial.
+    Returns the problems, one line each (a file not prepared yet names the command that makes it)."""
+    problems = []
+    for label, section, num_classes in _distinct_data(trials):
+        problem = data_problem(section, num_classes)
+        if problem:
+            problems.append(f"{spec.path}: data of {label!r}: {problem}")
+    return problems
 
-    seen = set()
+
+def _distinct_data(trials) -> list[tuple[str, dict, int]]:
+    seen, out = set(), []
     for trial in trials:
         data, num_classes = trial.config["data"], trial.config["model"]["num_classes"]
         key = json.dumps([data, num_classes], sort_keys=True)
-        if key in seen:
+        if key not in seen:
+            seen.add(key)
+            out.append((trial.label, data, num_classes))
+    return out
+
+
+def data_problem(section: dict, num_classes: int) -> str | None:
+    """What is wrong with a trial's data, in one line, or None."""
+    from harness.data import DataConfig, DataError, check_data as check
+    from harness.prepare import data_command
+
+    cfg = DataConfig.model_validate(section)
+    if not cfg.synthetic:
+        for name in (cfg.categories, cfg.train_list, cfg.val_list):
+            if not cfg.resolve(name).is_file():
+                return (f"{cfg.resolve(name)}: not found; prepare it from the official download with: "
+                        f"{data_command(cfg.dataset, Path(cfg.root), 'frames' if cfg.frames else 'videos')}")
+    try:
+        check(cfg, num_classes)
+    except DataError as e:
+        return str(e)
+    return None
+
+
+def check_weights(spec: Spec, trials) -> list[str]:
+    """Each ``model.pretrained`` file once per backbone setting, here in the driver: present (else
+    the command that prepares it), loadable into the trial's backbone with every key matched, and
+    fed the input normalisation its preparation recorded. One line per problem."""
+    problems, seen = [], {}
+    for trial in trials:
+        model, data = trial.config["model"], trial.config["data"]
+        path = model.get("pretrained")
+        if path in (None, NO_WEIGHTS):
             continue
-        seen.add(key)
-        try:
-            check(DataConfig.model_validate(data), num_classes)
-        except DataError as e:
-            raise SpecError(f"{spec.path}: data of {trial.label!r}: {e}") from None
+        key = json.dumps({k: model.get(k) for k in ("pretrained", "backbone", "layout", "width_mult")}, sort_keys=True)
+        if key not in seen:
+            seen[key] = weights_problem(model)
+        problem = seen[key] or _normalisation_problem(path, data.get("normalize", "imagenet"))
+        if problem:
+            problems.append(f"{spec.path}: model.pretrained of {trial.label!r}: {problem}")
+    return list(dict.fromkeys(problems))
+
+
+def weights_problem(model: dict) -> str | None:
+    """What is wrong with a trial's ``model.pretrained`` file, or None: the plain backbone is built
+    with it as the trial builds it (the loader matches every key or says which do not)."""
+    from gsf.model import ModelConfig
+    from gsf.registry import get_backbone
+    from harness.prepare import weights_command
+
+    path = model["pretrained"]
+    if not os.path.isfile(path):
+        command = weights_command(Path(path))
+        return (f"{path}: not found; " + (f"make it with: {command}" if command else "give a local ImageNet weights "
+                "file") + " (or model.pretrained: none to train from random weights, on purpose)")
+    cfg = ModelConfig.model_validate(model)
+    try:
+        get_backbone(cfg.backbone).build(None, **cfg.backbone_kwargs())
+    except (OSError, ValueError, RuntimeError) as e:
+        message = str(e).strip().splitlines()[0]
+        return message if path in message else f"{path}: {message}"
+    return None
+
+
+def _normalisation_problem(path: str, normalize: str) -> str | None:
+    from harness.prepare.weights import read_sidecar
+
+    expected = (read_sidecar(path) or {}).get("normalize")
+    if expected and expected != normalize:
+        return (f"{path} expects data.normalize: {expected} (its preparation says so, {Path(path).with_suffix('.json')}), "
+                f"but the trial sets {normalize}")
+    return None
 
 
 def check_batches(spec: Spec, trials, workers: int) -> None:
@@ -213,10 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         check_release_checkpoints(spec, todo)
         by_config = {} if args.fresh else tracking.finished_trials(client, spec.name, "config_key")
         code_changed = _code_changed(spec, todo, by_config, args.measure_only)
+        problems = [] if args.measure_only else check_weights(spec, todo)  # measuring needs no weights
         if not args.measure_only and not args.cluster:
-            check_data(spec, todo)  # on a cluster, on every node once Ray is up (check_nodes)
+            problems += check_data(spec, todo)  # on a cluster, on every node once Ray is up (check_nodes)
+        if problems:
+            raise SpecError("\n".join(problems))
     except SpecError as e:
-        print(f"harness.sweep: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f"harness.sweep: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("harness.sweep: interrupted before any trial started; nothing ran", file=sys.stderr)
@@ -449,32 +527,32 @@ def check_nodes(spec: Spec, trials, uri: str, marker: str, args) -> None:
             raise SpecError(f"MLFLOW_TRACKING_URI {uri} names each node's own machine, and nodes run at "
                             f"{', '.join(others)} besides this one ({here}): use an address they all reach, "
                             "http://HEAD_IP:PORT (make mlflow-server MLFLOW_HOST=0.0.0.0)")
-    data = [] if args.measure_only else [(t.label, t.config["data"], t.config["model"]["num_classes"]) for t in trials]
+    data = [] if args.measure_only else _distinct_data(trials)
+    weights = [] if args.measure_only else sorted(
+        {p for t in trials if (p := t.config["model"].get("pretrained")) not in (None, NO_WEIGHTS)})
     probe = ray.remote(num_cpus=0)(_node_problem)
     answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                       .remote(spec.name, data, None if args.measure_only else marker) for n in nodes], timeout=600)
+                       .remote(spec.name, data, weights, None if args.measure_only else marker) for n in nodes],
+                      timeout=600)
     for node, problem in zip(nodes, answers):
         if problem:
             raise SpecError(f"node {node['NodeManagerAddress']} (Ray node {node['NodeID'][:12]}): {problem}")
 
 
-def _node_problem(spec_name: str, data: list, marker: str | None) -> str | None:
+def _node_problem(spec_name: str, data: list, weights: list[str], marker: str | None) -> str | None:
     """Run on one node by ``check_nodes``: what is wrong there, or None."""
     from harness import storage
-    from harness.data import DataConfig, DataError, check_data as check
 
     if marker and storage.read_text(marker) is None:
         return (f"does not see the sweep's storage ({marker} is missing there): --storage must be a folder every "
                 "node mounts (NFS) or s3://...")
-    seen = set()
+    for path in weights:
+        if not os.path.isfile(path):
+            return f"{spec_name}: model.pretrained {path}: not found on this node (every node needs the file at that path)"
     for label, section, num_classes in data:
-        key = json.dumps([section, num_classes], sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            try:
-                check(DataConfig.model_validate(section), num_classes)
-            except DataError as e:
-                return f"{spec_name}: data of {label!r}: {e}"
+        problem = data_problem(section, num_classes)
+        if problem:
+            return f"{spec_name}: data of {label!r}: {problem}"
     return None
 
 

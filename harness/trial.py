@@ -179,7 +179,10 @@ def _run(job, cfg, seed, device, run: TrialRun | NoRun, meta: dict, work: Path, 
         run.log_metrics({"top1": math.nan})  # not evaluated yet; first, so that MLflow's compare page plots it
     try:
         torch.manual_seed(seed)
-        model = build_model(**cfg.model.model_dump()).to(device)
+        options = cfg.model.model_dump()
+        if job["measure_only"]:  # params, FLOPs and latency do not depend on the weights: no file needed
+            options["pretrained"] = None
+        model = build_model(**options).to(device)
         measured = _measure(job, cfg, model, device) if group.lead else {}  # rank 0 measures
         metrics = {k: v for k, v in measured.items() if isinstance(v, (int, float))}
         run.log_metrics(metrics)
