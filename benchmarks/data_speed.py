@@ -1,11 +1,14 @@
 """How many clips per second one CPU core turns into model input, for frames and videos in the
-real formats, side by side with a plain decode of the same frames.
+real formats: today's loader, each candidate of a faster one, and the chosen one, side by side.
 
     python benchmarks/data_speed.py --rounds 5 --clips 16 --gops 250 50 --out results/data_speed
+    python benchmarks/data_speed.py --gops   # frame folders only
 
 It writes, in a temporary folder (or ``--data DIR``, kept):
 
-- Something-Something V1 frame folders: 176x100 JPEGs (PIL, quality 90), 48 frames per video;
+- frame folders in Something-Something V1's layout, one set per ``--frame-sizes``: 176x100 (SS-V1)
+  and 340x256 (the short side 256 of prepared Kinetics / SS-V2-sized frames) JPEGs (PIL, quality
+  90), 48 frames per video;
 - Kinetics-style mp4: 340x256, 10 s at 25 fps, H.264 (libx264, preset medium, crf 23, 3 B-frames)
   with a keyframe every ``--gops`` frames (250 is FFmpeg's default: one keyframe in a 10 s clip;
   50 is two seconds). Every video is a textured scene panning under moving blocks with sensor
@@ -15,22 +18,33 @@ Then, in this one process pinned to one core (one torch thread), round-robin so 
 noise hits every pipeline alike, the median over rounds of clips/s for:
 
 - ``train``: ``ClipDataset`` training clips (TSN sampling, 8 frames, multi-scale crop, 224 px);
-- ``test``: the efficiency protocol (1 clip of 8 frames, short side 256, centre crop 224);
+  ``test``: the efficiency protocol (1 clip of 8 frames, short side 256, centre crop 224);
+  ``test 2x3``: the accuracy protocol (2 clips x 3 crops);
+- frame folders: ``today``, the loader of commit ``--baseline`` (f3a7cf9, before #20), loaded
+  from git as it was; ``reference``, the same path kept in this tree (``FrameFolders(fast=False)``);
+  each candidate (how JPEGs are decoded x how the clip is resampled); and ``chosen``, the default
+  loader; ratios are against ``today``;
 - videos with both decoders: ``sequential`` (every frame from the first up to the last one a
   clip needs: the decoder before the seeking one) and ``seeking`` (the default);
 - ``plain decode``: the same frames, decoded and nothing else: PIL open + RGB of the clip's
-  JPEGs; for video, PyAV decoding from the first frame through the last one the clip needs.
+  JPEGs (and PIL's draft mode at half size, which the transforms cannot use: see the notes
+  printed); for video, PyAV decoding from the first frame through the last one the clip needs.
 
-Training clips/s per core times the DataLoader workers (``data.workers``: the trial's CPUs minus
-one by default) is what a trial can feed its GPU.
+Last, with every core: training clips/s of the chosen path through a ``DataLoader`` (batches of
+8, collation included) in process (1 and all torch threads) and with 1, 2 and the machine's
+cores in loader workers. Training clips/s per core times the DataLoader workers
+(``data.workers``: the trial's CPUs minus one by default) is what a trial can feed its GPU.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,8 +59,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness.data import DataConfig, build_datasets  # noqa: E402
 from harness.data import transforms as tf  # noqa: E402
+from harness.data.datasets import JPEG_DECODERS, default_jpeg_decoder, read_jpegs, read_jpegs_reference  # noqa: E402
 
 FRAMES = 8
+REPO = Path(__file__).resolve().parent.parent
+BASELINE = "f3a7cf9"  # the frame loader before #20
 
 
 def scene(k: int, width: int, height: int, rng: np.random.Generator, texture: np.ndarray) -> np.ndarray:
@@ -66,15 +83,15 @@ def texture_for(width: int, height: int, seed: int) -> np.ndarray:
     return np.kron(cells, np.ones((8, 8, 1), np.uint8))
 
 
-def write_something(root: Path, videos: int, frames: int = 48) -> dict:
+def write_something(root: Path, videos: int, frames: int = 48, size: tuple[int, int] = (176, 100)) -> dict:
     """SS-V1 layout: frames/<id>/00001.jpg ..., 'folder num_frames label' lists, categories."""
     lines = []
     for v in range(videos):
         folder = root / "frames" / str(v)
         folder.mkdir(parents=True, exist_ok=True)
-        rng, texture = np.random.default_rng(v), texture_for(176, 100, v)
+        rng, texture = np.random.default_rng(v), texture_for(*size, v)
         for k in range(frames):
-            Image.fromarray(scene(k, 176, 100, rng, texture)).save(folder / f"{k + 1:05d}.jpg", quality=90)
+            Image.fromarray(scene(k, *size, rng, texture)).save(folder / f"{k + 1:05d}.jpg", quality=90)
         lines.append(f"frames/{v} {frames} {v % 2}")
     (root / "list.txt").write_text("\n".join(lines) + "\n")
     (root / "categories.txt").write_text("pushing something left\npushing something right\n")
@@ -113,6 +130,15 @@ def plain_jpegs(ds, i: int, positions: np.ndarray) -> None:
             np.asarray(img.convert("RGB"))
 
 
+def plain_jpegs_draft(ds, i: int, positions: np.ndarray) -> None:
+    """PIL's draft mode: libjpeg scales by 1/2 while it decodes (the DCT-domain reduce)."""
+    folder, count, _ = ds.source.samples[i]
+    for k in tf.frame_indices(positions, count):
+        with Image.open(folder / ds.source.template.format(int(k) + 1)) as img:
+            img.draft("RGB", (img.width // 2, img.height // 2))
+            np.asarray(img.convert("RGB"))
+
+
 def plain_video(ds, i: int, positions: np.ndarray) -> None:
     path = ds.source.samples[i][0]
     with av.open(str(path)) as container:
@@ -125,7 +151,65 @@ def plain_video(ds, i: int, positions: np.ndarray) -> None:
                 break
 
 
-def pipelines(cfg: dict, videos: int) -> dict:
+# --- frame-folder candidates: how the JPEGs are decoded x how the clip is resampled ------------
+
+READERS = {  # folder, count, files -> uint8 (T, 3, H, W): an array (PIL open) or a channels-last tensor
+    "PIL open": read_jpegs_reference,  # the loader before #20: PIL reads each file itself
+    "PIL from bytes": lambda folder, count, files: read_jpegs(files, JPEG_DECODERS["pil"]),
+    "torchvision": lambda folder, count, files: read_jpegs(files, JPEG_DECODERS["torchvision"]),
+}
+FORMS = {  # what ClipDataset resamples: float (today's transforms) or uint8 in either layout
+    "float resize": lambda f: (torch.from_numpy(f) if isinstance(f, np.ndarray) else f).contiguous().float(),
+    "uint8 resize NCHW": lambda f: (torch.from_numpy(f) if isinstance(f, np.ndarray) else f).contiguous(),
+    "uint8 resize channels-last": lambda f: torch.from_numpy(f) if isinstance(f, np.ndarray) else f,
+}
+CANDIDATES = [("PIL from bytes", "float resize"), ("torchvision", "float resize"),
+              ("PIL open", "uint8 resize channels-last"), ("PIL from bytes", "uint8 resize channels-last"),
+              ("torchvision", "uint8 resize NCHW"), ("torchvision", "uint8 resize channels-last")]
+
+
+class Candidate:
+    """A frame-folder source that reads a clip with ``reader`` and hands it on as ``form``."""
+
+    def __init__(self, source, reader: str, form: str):
+        self.source, self.samples, self.template = source, source.samples, source.template
+        self.reader, self.form = READERS[reader], FORMS[form]
+
+    def label(self, i: int) -> int:
+        return self.source.label(i)
+
+    def read(self, i: int, clips: list[np.ndarray]) -> list:
+        folder, count, _ = self.samples[i]
+        return [self.form(self.reader(folder, count, [folder / self.template.format(int(k) + 1)
+                                                      for k in tf.frame_indices(p, count)])) for p in clips]
+
+
+def with_source(ds, source):
+    out = copy.copy(ds)
+    out.source = source
+    return out
+
+
+def baseline_data(rev: str):
+    """harness.data as commit ``rev`` had it (git show into a temporary package), or None."""
+    try:
+        names = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", rev, "harness/data/"],
+                               capture_output=True, text=True, check=True).stdout.split()
+        package = Path(tempfile.mkdtemp(prefix="data_speed-baseline-")) / f"data_{rev}"
+        package.mkdir()
+        for name in names:
+            if name.endswith(".py"):
+                text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{name}"],
+                                      capture_output=True, text=True, check=True).stdout
+                (package / Path(name).name).write_text(text)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"today's loader (commit {rev}) not loaded from git ({exc}): ratios are against the in-tree reference")
+        return None
+    sys.path.insert(0, str(package.parent))
+    return importlib.import_module(package.name)
+
+
+def pipelines(cfg: dict, videos: int, baseline=None) -> dict:
     """name -> function(round) that produces ``videos`` clips (the same clips in every round)."""
     train, test = build_datasets(DataConfig(**cfg), num_frames=FRAMES)
     draws = [(i % len(train), 1000 + i) for i in range(videos)]
@@ -140,13 +224,55 @@ def pipelines(cfg: dict, videos: int) -> dict:
                 ds[index if ds.train else index % len(ds)]
         return run
 
-    plain = plain_jpegs if cfg["dataset"] == "something-v1" else plain_video
-    out = {"plain decode": lambda: [plain(train, i % len(train), p) for i, p in enumerate(positions)]}
-    if cfg["dataset"] == "something-v1":
-        out |= {"train": clips(train), "test": clips(test)}
-    else:
-        out |= {"train sequential": clips(train, False), "train seeking": clips(train, True),
+    if cfg["dataset"] != "something-v1":
+        return {"plain decode": lambda: [plain_video(train, i % len(train), p) for i, p in enumerate(positions)],
+                "train sequential": clips(train, False), "train seeking": clips(train, True),
                 "test sequential": clips(test, False), "test seeking": clips(test, True)}
+    _, accuracy = build_datasets(DataConfig(**cfg, protocol="accuracy"), num_frames=FRAMES)
+    reference = {name: copy.copy(ds) for name, ds in (("train", train), ("test", test), ("test 2x3", accuracy))}
+    for ds in reference.values():
+        ds.source = copy.copy(ds.source)
+        ds.source.fast = False
+    out = {"plain decode": lambda: [plain_jpegs(train, i % len(train), p) for i, p in enumerate(positions)],
+           "plain decode, PIL draft 1/2": lambda: [plain_jpegs_draft(train, i % len(train), p)
+                                                  for i, p in enumerate(positions)]}
+    today = (dict(zip(("train", "test"), baseline.build_datasets(baseline.DataConfig(**cfg), num_frames=FRAMES)))
+             | {"test 2x3": baseline.build_datasets(baseline.DataConfig(**cfg, protocol="accuracy"), FRAMES)[1]}
+             if baseline is not None else {})
+    for kind in ("train", "test", "test 2x3"):
+        if kind in today:
+            out[f"{kind}: today ({BASELINE})"] = clips(today[kind])
+        out[f"{kind}: reference (fast=False)"] = clips(reference[kind])
+        if kind == "train":
+            for reader, form in CANDIDATES:
+                out[f"train: {reader}, {form}"] = clips(with_source(train, Candidate(train.source, reader, form)))
+        out[f"{kind}: chosen"] = clips({"train": train, "test": test, "test 2x3": accuracy}[kind])
+    return out
+
+
+def worker_scaling(cfg: dict, clips: int, rounds: int, cores: int) -> dict[str, float]:
+    """Training clips/s of the chosen path through a DataLoader (batches of 8, collated as a trial's
+    loader does), median over ``rounds`` epochs of ``clips`` after one to start the workers."""
+    from torch.utils.data import DataLoader
+
+    train, _ = build_datasets(DataConfig(**cfg), num_frames=FRAMES)
+    draws = [(i % len(train), 1000 + i) for i in range(clips)]
+    out = {}
+    for workers, threads in [(0, 1), (0, cores)] + [(w, 1) for w in sorted({1, 2, cores})]:
+        torch.set_num_threads(threads)
+        extra = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}
+        loader = DataLoader(train, batch_size=8, sampler=draws, num_workers=workers, **extra)
+        rates = []
+        for r in range(rounds + 1):
+            t = time.perf_counter()
+            for _ in loader:
+                pass
+            if r:
+                rates.append(clips / (time.perf_counter() - t))
+        del loader
+        name = f"{workers} workers" if workers else f"in process, {threads} torch thread{'s' if threads > 1 else ''}"
+        out[name] = statistics.median(rates)
+    torch.set_num_threads(1)
     return out
 
 
@@ -155,23 +281,35 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--clips", type=int, default=16, help="clips per pipeline per round")
     p.add_argument("--videos", type=int, default=8, help="videos per dataset")
-    p.add_argument("--gops", type=int, nargs="+", default=[250, 50], help="keyframe intervals of the mp4 sets")
+    p.add_argument("--frame-sizes", nargs="*", default=["176x100", "340x256"],
+                   help="WxH of the JPEG frame-folder sets (none: no frame sets)")
+    p.add_argument("--gops", type=int, nargs="*", default=[250, 50],
+                   help="keyframe intervals of the mp4 sets (none: no video sets)")
+    p.add_argument("--baseline", default=BASELINE, help="commit whose frame loader is 'today' (git show)")
     p.add_argument("--data", type=Path, help="where the generated data goes (default: a temporary folder)")
     p.add_argument("--out", type=Path, help="folder for data_speed.json and data_speed.png")
     args = p.parse_args(argv)
 
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     torch.set_num_threads(1)
     if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # per core: one core, whatever threads start
+        os.sched_setaffinity(0, {cores[0]})  # per core: one core, whatever threads start
     data = args.data or Path(tempfile.mkdtemp(prefix="data_speed-"))
     t0 = time.time()
-    sets = {"SS-V1 frames 176x100": write_something(data / "something", args.videos)}
+    sets = {}
+    for size in args.frame_sizes:
+        w, h = map(int, size.split("x"))
+        name = "SS-V1 frames 176x100" if (w, h) == (176, 100) else f"frames {w}x{h}"
+        sets[name] = write_something(data / f"something-{w}x{h}", args.videos, size=(w, h))
     for gop in args.gops:
         sets[f"mp4 340x256 gop {gop}"] = write_kinetics(data / f"kinetics-gop{gop}", args.videos, gop)
+    baseline = baseline_data(args.baseline) if args.frame_sizes else None
     print(f"data in {data} ({time.time() - t0:.0f} s to write); {platform.processor() or platform.machine()}, "
-          f"1 core, torch {torch.__version__}, PyAV {av.__version__}", flush=True)
+          f"1 core, torch {torch.__version__}, PyAV {av.__version__}, Pillow {Image.__version__}; "
+          f"today: commit {args.baseline}{'' if baseline else ' (not loaded)'}; "
+          f"chosen JPEG decoder: {default_jpeg_decoder()}", flush=True)
 
-    runs = {name: pipelines(cfg, args.clips) for name, cfg in sets.items()}
+    runs = {name: pipelines(cfg, args.clips, baseline) for name, cfg in sets.items()}
     for fns in runs.values():  # warm-up: imports, caches, first file opens
         for fn in fns.values():
             fn()
@@ -186,18 +324,67 @@ def main(argv=None) -> None:
 
     table = {s: {k: statistics.median(v) for k, v in by.items()} for s, by in rates.items()}
     print(f"\nclips/s per core (median of {args.rounds} rounds of {args.clips} clips, {FRAMES} frames, 224 px)\n")
-    print("| data | pipeline | clips/s | vs sequential |")
+    print("| data | pipeline | clips/s | ratio |")
     print("|---|---|---:|---:|")
     for s, by in table.items():
         for k, v in by.items():
-            base = by.get(k.replace("seeking", "sequential")) if k.endswith("seeking") else None
-            print(f"| {s} | {k} | {v:.1f} | {f'{v / base:.2f}x' if base else ''} |")
+            if k.endswith("seeking"):
+                base, against = by.get(k.replace("seeking", "sequential")), "sequential"
+            elif ":" in k:
+                kind = k.split(":")[0]
+                against = (f"today ({args.baseline})" if f"{kind}: today ({args.baseline})" in by
+                           else "reference (fast=False)")
+                base = by.get(f"{kind}: {against}")
+            else:
+                base = None
+            print(f"| {s} | {k} | {v:.1f} | {f'{v / base:.2f}x vs {against}' if base else ''} |")
+
+    scaling = {}
+    if sets and args.frame_sizes:
+        for s, cfg in sets.items():
+            if cfg["dataset"] == "something-v1":
+                print_agreement(s, cfg, baseline)
+        name, cfg = next(iter(sets.items()))
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, set(cores))
+        print(f"\n{name}, chosen path, training clips/s through a DataLoader (batches of 8) on {len(cores)} cores "
+              f"(median of {args.rounds} epochs of {8 * args.clips} clips)\n")
+        scaling = worker_scaling(cfg, 8 * args.clips, args.rounds, len(cores))
+        one = scaling.get("1 workers")
+        print("| loader | clips/s | per worker vs 1 worker |")
+        print("|---|---:|---:|")
+        for k, v in scaling.items():
+            n = int(k.split()[0]) if k.endswith("workers") else 0
+            print(f"| {k} | {v:.1f} | {f'{v / n / one:.2f}' if n and one else ''} |")
+        print("\nPIL draft (libjpeg's DCT-domain 1/2 reduce) would decode only where a frame is at least twice the "
+              "side it is resampled to. The training crop's smallest region is 0.66 x the short side (66 px of 100, "
+              "168 of 256) resized up to 224; the test view resizes the short side to 256: no frame here qualifies, "
+              "so the loaders do not use it (its plain-decode row shows what it would save).")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "data_speed.json").write_text(json.dumps({"clips_per_s": table, "rounds": rates,
-                                                               "clips": args.clips, "frames": FRAMES}, indent=1))
+        (args.out / "data_speed.json").write_text(json.dumps({
+            "clips_per_s": table, "rounds": rates, "clips": args.clips, "frames": FRAMES,
+            "loader_scaling_clips_per_s": scaling, "baseline": args.baseline}, indent=1))
         plot(table, args.out / "data_speed.png")
         print(f"\nwrote {args.out}/data_speed.json, data_speed.png")
+
+
+def print_agreement(name: str, cfg: dict, baseline) -> None:
+    """How far the chosen path's pixels are from today's on the benchmark's clips."""
+    diffs = []
+    for protocol in ("efficiency", "accuracy"):
+        train, test = build_datasets(DataConfig(**cfg, protocol=protocol), num_frames=FRAMES)
+        if baseline is not None:
+            old_train, old_test = baseline.build_datasets(baseline.DataConfig(**cfg, protocol=protocol), FRAMES)
+        else:
+            old_train, old_test = (with_source(ds, copy.copy(ds.source)) for ds in (train, test))
+            old_train.source.fast = old_test.source.fast = False
+        for i in range(len(train)):
+            for new, old, index in ((train, old_train, (i, 7)), (test, old_test, i)):
+                diffs.append((new[index][0].int() - old[index][0].int()).abs())
+    mean = float(torch.cat([d.flatten() for d in diffs]).float().mean())
+    print(f"{name}: chosen path vs today, uint8 pixels over {len(diffs)} clips: max |diff| "
+          f"{max(int(d.max()) for d in diffs)}, mean |diff| {mean:.3f}")
 
 
 def plot(table: dict, path: Path) -> None:
@@ -206,9 +393,11 @@ def plot(table: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(table), figsize=(4.2 * len(table), 3.6), squeeze=False)
+    tall = max(len(by) for by in table.values())
+    fig, axes = plt.subplots(1, len(table), figsize=(5.5 * len(table), 1.2 + 0.3 * tall), squeeze=False)
     for ax, (name, by) in zip(axes[0], table.items()):
-        colours = ["#bbbbbb" if "plain" in k else "#d08c60" if "sequential" in k else "#4c78a8" for k in by]
+        colours = ["#bbbbbb" if "plain" in k else "#d08c60" if "sequential" in k or "today" in k or "reference" in k
+                   else "#4c78a8" for k in by]
         ax.barh(list(by), list(by.values()), color=colours)
         for y, v in enumerate(by.values()):
             ax.text(v, y, f" {v:.0f}", va="center", fontsize=8)

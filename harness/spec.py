@@ -356,14 +356,21 @@ def parse_claims(claims: list[str], names: list[str], path: Path) -> list[tuple[
 
 
 # Keys that say where a trial runs, not what it computes: not part of its identity, so that
-# `--device cpu` or a cluster with GPUs does not re-run finished trials.
-PLACEMENT_KEYS = (("train", "device"),)
+# `--device cpu` or a cluster with GPUs does not re-run finished trials. (data.decode: nvjpeg's
+# pixels are libjpeg-turbo's within a level, as the CPU paths' are each other's.)
+PLACEMENT_KEYS = (("train", "device"), ("data", "decode"))
+# Keys added after trials had finished, with the default that computes what came before: left out
+# of the identity at that default, so those trials stay finished.
+LATER_KEYS = {("data", "media"): None}
 
 
 def _what_it_computes(config: dict[str, Any]) -> dict[str, Any]:
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     for section, key in PLACEMENT_KEYS:
         out.get(section, {}).pop(key, None)
+    for (section, key), default in LATER_KEYS.items():
+        if key in out.get(section, {}) and out[section][key] == default:
+            del out[section][key]
     return out
 
 

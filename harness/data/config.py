@@ -62,6 +62,9 @@ class DataConfig(BaseModel):
       categories              one class name per line; its line count is num_classes
       frame_template          frame file names inside a folder, 1-based (default {:05d}.jpg for V1,
                               {:06d}.jpg for V2, img_{:05d}.jpg for Kinetics and Diving48)
+      decode                  "cpu" (default) | "cuda": frame folders' JPEGs decoded with nvjpeg on the
+                              trial's GPU, in the training process (data.workers: 0, its default then;
+                              a trial without a GPU fails when its datasets are built). Frames only
 
     Synthetic (see harness/data/SYNTHETIC.md; the defaults fit the CPU smoke budget):
       num_classes    even, <= 12: the first num_classes/2 time-reversed pairs (default 12)
@@ -100,6 +103,10 @@ class DataConfig(BaseModel):
         "frames for something-v1/v2, videos for kinetics400/diving48"))
     frame_template: str | None = Field(None, description=(
         "frame file names inside a folder, 1-based (default: the dataset's, FRAME_TEMPLATES)"))
+    decode: Literal["cpu", "cuda"] = Field("cpu", description=(
+        'where frame folders\' JPEGs are decoded: "cpu" (libjpeg-turbo in the loader workers) or "cuda" '
+        "(nvjpeg on the trial's GPU, in the training process: data.workers must be 0, its default then); "
+        "frame folders only"))
 
     num_classes: int = Field(12, ge=2, le=MAX_CLASSES, description="synthetic classes (even)")
     train_size: int = Field(4000, ge=1, le=10_000_000, description="synthetic clips per training epoch")
@@ -111,6 +118,15 @@ class DataConfig(BaseModel):
     noise: float = Field(Nuisance.noise, ge=0, le=100)
     jitter: float = Field(Nuisance.jitter, ge=0, le=8)
     seed: int = Field(0, ge=0, le=2**32 - 1, description="which synthetic clips")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cuda_decode_loads_in_process(cls, data):
+        # CUDA cannot start in forked loader workers, so nvjpeg decodes where the model trains.
+        if (isinstance(data, dict) and data.get("decode") == "cuda" and data.get("workers") is None
+                and data.get("dataset", "synthetic") != "synthetic"):
+            data = {**data, "workers": 0}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
@@ -124,6 +140,13 @@ class DataConfig(BaseModel):
         for key in ("root", "train_list", "val_list", "categories"):
             if getattr(self, key) is None:
                 raise ValueError(f"{key} is required for dataset {self.dataset!r}")
+        if self.decode == "cuda":
+            if not self.frames:
+                raise ValueError(f"data.decode: cuda decodes JPEG frame folders, but {self.dataset} reads videos here "
+                                 "(data.media: videos), which decode on the CPU: set data.decode: cpu")
+            if self.workers:
+                raise ValueError(f"data.decode: cuda decodes in the training process (CUDA does not start in "
+                                 f"forked loader workers), so data.workers must be 0, got {self.workers}")
         return self
 
     @property

@@ -9,9 +9,12 @@ Every read error surfaces as ``DataError`` with the path: no sample is ever sile
 from __future__ import annotations
 
 import bisect
+import functools
+import io
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -169,31 +172,141 @@ class Listed:
 
 
 class FrameFolders(Listed):
-    """Something-Something style: one JPEG per frame, numbered from 1."""
+    """Something-Something style: one JPEG per frame, numbered from 1.
 
-    def __init__(self, samples, template: str):
+    ``fast=True`` (the default) reads a clip's files as bytes and decodes them with
+    ``decoder`` (``JPEG_DECODERS``; default: torchvision's where it loads, else PIL's) into
+    one uint8 tensor (T, 3, H, W) laid out channels-last, which ``ClipDataset`` crops and resizes
+    in uint8. ``fast=False`` is the loader as it was before (``read_jpegs_reference``: PIL opens
+    each file, frames are resampled in float): the reference that tests pin the fast path to, and
+    the benchmark's baseline. ``decode="cuda"`` (``data.decode``) decodes with nvjpeg on the
+    current CUDA device, in the process that reads the clip (``data.workers`` is 0 then).
+
+    Anything the fast decoders do not read (a missing, empty, truncated or garbled file, frames
+    of two sizes, a PNG named .jpg) goes to the reference reader for that clip: it reads the
+    file as before, or raises the ``DataError`` naming the file that it always raised."""
+
+    def __init__(self, samples, template: str, fast: bool = True, decode: str = "cpu", decoder: str | None = None):
         super().__init__(samples)
-        self.template = template
+        self.template, self.fast, self.decode = template, fast, decode
+        self.decoder = decoder or default_jpeg_decoder()
+        if self.decoder not in JPEG_DECODERS:
+            raise ValueError(f"decoder must be one of {sorted(JPEG_DECODERS)}, got {self.decoder!r}")
 
-    def read(self, i: int, clips: list[np.ndarray]) -> list[np.ndarray]:
+    def read(self, i: int, clips: list[np.ndarray]) -> list[np.ndarray | torch.Tensor]:
         folder, count, _ = self.samples[i]
         out = []
         for positions in clips:
-            frames = []
-            for k in tf.frame_indices(positions, count):
-                file = folder / self.template.format(int(k) + 1)
-                try:
-                    with Image.open(file) as img:
-                        frames.append(np.asarray(img.convert("RGB")))
-                except FileNotFoundError:
-                    raise DataError(f"{file}: frame not found ({folder} is listed with {count} frames)") from None
-                except OSError as exc:  # PIL's UnidentifiedImageError and truncated files
-                    raise DataError(f"{file}: cannot read frame: {exc}") from None
-            try:
-                out.append(np.stack(frames).transpose(0, 3, 1, 2))
-            except ValueError:
-                raise DataError(f"{folder}: frames differ in size") from None
+            files = [folder / self.template.format(int(k) + 1) for k in tf.frame_indices(positions, count)]
+            frames = None
+            if self.fast or self.decode == "cuda":
+                decode = decode_jpegs_cuda if self.decode == "cuda" else JPEG_DECODERS[self.decoder]
+                frames = read_jpegs(files, decode)
+            out.append(frames if frames is not None else read_jpegs_reference(folder, count, files))
         return out
+
+
+def read_jpegs_reference(folder: Path, count: int, files: list[Path]) -> np.ndarray:
+    """uint8 (T, 3, H, W) of ``files`` (frames of ``folder``, listed with ``count``), the way the
+    loader read them before #20: each opened with PIL, converted to RGB, stacked."""
+    frames = []
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                frames.append(np.asarray(img.convert("RGB")))
+        except FileNotFoundError:
+            raise DataError(f"{file}: frame not found ({folder} is listed with {count} frames)") from None
+        except OSError as exc:  # PIL's UnidentifiedImageError and truncated files
+            raise DataError(f"{file}: cannot read frame: {exc}") from None
+        if frames[-1].shape != frames[0].shape:
+            (h0, w0), (h, w) = frames[0].shape[:2], frames[-1].shape[:2]
+            raise DataError(f"{file}: frames differ in size: {w}x{h} here, {w0}x{h0} in {files[0].name}")
+    return np.stack(frames).transpose(0, 3, 1, 2)
+
+
+def read_jpegs(files: list[Path], decode) -> torch.Tensor | None:
+    """uint8 (T, 3, H, W) of ``files`` through ``decode`` (each distinct file read and decoded
+    once: a folder shorter than the clip repeats frames); None where a file is missing, a decoder
+    fails or the frames differ in size, for the reference reader to read or to name the fault."""
+    distinct = list(dict.fromkeys(files))
+    try:
+        # Each file in one read (np.fromfile): the decoders take bytes in memory.
+        datas = [np.fromfile(file, dtype=np.uint8) for file in distinct]
+        frames = decode(datas)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    if any(f.shape != frames[0].shape for f in frames):
+        return None
+    if len(distinct) < len(files):
+        where = {file: j for j, file in enumerate(distinct)}
+        frames = [frames[where[file]] for file in files]
+    # Stacked as (T, H, W, 3) and viewed as (T, 3, H, W): channels-last, as decoders write pixels,
+    # and the layout in which the uint8 resize is fast (transforms._resize).
+    return torch.stack([f.permute(1, 2, 0) for f in frames]).permute(0, 3, 1, 2)
+
+
+def _decode_torchvision(datas: list[np.ndarray]) -> list[torch.Tensor]:
+    """libjpeg-turbo through torchvision.io.decode_jpeg: (3, H, W) views of (H, W, 3) buffers."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():  # deprecated in torchvision 0.29 for TorchCodec; PIL is the fall-back
+        warnings.simplefilter("ignore", DeprecationWarning)
+        frames = decode_jpeg([torch.from_numpy(d) for d in datas], mode=ImageReadMode.RGB)
+    return frames
+
+
+def _decode_pil(datas: list[np.ndarray]) -> list[torch.Tensor]:
+    """PIL, from the bytes in memory: (3, H, W) views of (H, W, 3) arrays."""
+    frames = []
+    for data in datas:
+        with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:
+            frames.append(torch.from_numpy(np.array(img if img.mode == "RGB" else img.convert("RGB"))).permute(2, 0, 1))
+    return frames
+
+
+def decode_jpegs_cuda(datas: list[np.ndarray]) -> list[torch.Tensor]:
+    """nvjpeg on the current CUDA device, one batch per clip (``data.decode: cuda``)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_jpeg([torch.from_numpy(d) for d in datas], mode=ImageReadMode.RGB, device="cuda")
+
+
+JPEG_DECODERS = {"torchvision": _decode_torchvision, "pil": _decode_pil}
+
+
+@functools.lru_cache(maxsize=None)
+def default_jpeg_decoder() -> str:
+    """"torchvision" where its JPEG decoder loads and reads a JPEG as PIL does, else "pil"."""
+    probe = np.frombuffer(_tiny_jpeg(), np.uint8).copy()
+    try:
+        got = _decode_torchvision([probe])[0]
+    except Exception:  # torchvision without its image library, or without decode_jpeg at all
+        return "pil"
+    return "torchvision" if torch.equal(got, _decode_pil([probe])[0]) else "pil"
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    pixels = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def require_cuda_decode() -> None:
+    """Raise unless ``data.decode: cuda`` can work here: a CUDA device, and torchvision's nvjpeg
+    decoder on it (tried on a tiny JPEG, so a trial fails when its datasets are built, not
+    at its first batch)."""
+    if not torch.cuda.is_available():
+        raise DataError("data.decode: cuda needs a CUDA device; torch sees none here "
+                        "(torch.cuda.is_available() is False): set data.decode: cpu, or run the trial on a GPU")
+    try:
+        decode_jpegs_cuda([np.frombuffer(_tiny_jpeg(), np.uint8).copy()])
+    except Exception as exc:
+        raise DataError(f"data.decode: cuda needs torchvision's nvjpeg decoder, which failed here: {exc}; "
+                        "set data.decode: cpu") from None
 
 
 class VideoFiles(Listed):
@@ -395,9 +508,9 @@ class ClipDataset(Dataset):
             clips = [tf.test_positions(self.num_frames, c, self.num_clips) for c in range(self.num_clips)]
             views = []
             for frames in self.source.read(i, clips):
-                x = tf.resize_short(tf.to_float(frames), self.cfg.resize_to)
+                x = tf.resize_short(_frames(frames), self.cfg.resize_to)
                 views += tf.crops(x, self.cfg.crop_size, self.num_crops)
-            return tf.to_uint8(torch.stack(views)), label
+            return _loaded(torch.stack(views)), label
         # Without a draw, augmentation draws from torch's RNG (seeded per DataLoader worker and
         # by torch.manual_seed); training passes draws made in one place (``AugmentedSampler``),
         # so a run's clips do not depend on how many workers loaded them.
@@ -405,7 +518,7 @@ class ClipDataset(Dataset):
             draw = int(torch.randint(2**62, ()))
         rng = np.random.default_rng([self.seed, i, draw])
         (frames,) = self.source.read(i, [tf.train_positions(self.num_frames, rng)])
-        x = tf.to_float(frames)
+        x = _frames(frames)
         if self.cfg.use_multiscale:
             x = tf.multiscale_crop(x, self.cfg.crop_size, rng)
         else:
@@ -413,7 +526,23 @@ class ClipDataset(Dataset):
         if self.cfg.flip and rng.random() < 0.5:
             x = x.flip(-1)
             label = self.flip_labels.get(label, label)
-        return tf.to_uint8(x), label
+        return _loaded(x), label
+
+
+def _frames(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A source's uint8 frames -> what the transforms resample: arrays (videos, the synthetic
+    clips, the reference JPEG reader) become float, as they always did, so their clips keep their
+    pixels exactly; tensors (the fast JPEG path, on the CPU or, with data.decode: cuda, on the GPU)
+    stay uint8 and are resampled in uint8 (``transforms._resize``)."""
+    return frames if isinstance(frames, torch.Tensor) else tf.to_float(frames)
+
+
+def _loaded(x: torch.Tensor) -> torch.Tensor:
+    """Resampled frames -> what the loader yields: uint8, contiguous (T, 3, H, W) in CPU memory,
+    whichever path made them. The uint8 path's frames are channels-last until here; this copy
+    (0.45 ms a training clip) would otherwise fall to the loader's collation, and a tensor laid out
+    as before is no surprise to code that views it."""
+    return tf.to_uint8(x).contiguous().cpu()
 
 
 def build_datasets(cfg: DataConfig, num_frames: int = 8, seed: int = 0) -> tuple[ClipDataset, ClipDataset]:
@@ -434,7 +563,9 @@ def build_datasets(cfg: DataConfig, num_frames: int = 8, seed: int = 0) -> tuple
         mirror = flip_map(cfg, names)
         lists = [read_list(cfg.resolve(p), cfg, len(names), cfg.frames) for p in (cfg.train_list, cfg.val_list)]
         if cfg.frames:
-            sources = tuple(FrameFolders(samples, cfg.template) for samples in lists)
+            if cfg.decode == "cuda":
+                require_cuda_decode()
+            sources = tuple(FrameFolders(samples, cfg.template, decode=cfg.decode) for samples in lists)
         else:
             sources = tuple(VideoFiles(samples) for samples in lists)
     return tuple(ClipDataset(src, cfg, num_frames, train, len(names), list(names), mirror, seed)
