@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -95,7 +96,7 @@ def test_something_v2_frames_are_the_videos_frames_at_height_256_and_resume(tmp_
     assert main(["something-v2", "--source", str(download.root), "--out", str(out), "--workers", "1"]) == 1
     said = capsys.readouterr().out
     # The corrupt video is tried again too: a failure is never remembered as done.
-    assert f"{len(rows) - 1} already extracted (kept), {1 + len(download.corrupt)} to extract" in said, said
+    assert f"{len(rows) - 1} already done (kept), {1 + len(download.corrupt)} to extract" in said, said
     assert (kept / "000001.jpg").stat().st_mtime_ns == stamp
     assert len(os.listdir(broken)) == rows[vids[1]][0] and not (out / "frames" / f"{vids[2]}.partial").exists()
     # The prepared folder passes the sweep's own data check and loads as the paper profile reads it.
@@ -135,21 +136,35 @@ def test_kinetics_frames_at_short_side_from_nested_videos_and_keep_videos(tmp_pa
     check_data(cfg, len(classes))
     assert build_datasets(cfg, num_frames=3)[1][0][0].shape == (1, 3, 3, 112, 112)
 
-    # --keep-videos: the download's videos, each decoded once, listed for the video loader.
+    # --keep-videos: each video re-encoded once (short side, a keyframe every --gop frames), listed
+    # for the video loader; every frame kept, in order.
     videos = tmp_path / "k400-videos"
     done = prepare("kinetics400", "--source", download.root, "--annotations", notes["train"], notes["val"],
-                   "--keep-videos", "--out", videos)
+                   "--keep-videos", "--short-side", 128, "--gop", 8, "--out", videos)
     assert done.returncode == 1, done.stderr
     rows = listed(videos / "train_videos.txt") + listed(videos / "val_videos.txt")
-    assert len(rows) == len(truth) and all((videos / path).is_file() for path, _ in rows)
-    assert (videos / "videos").resolve() == download.root.resolve()
+    assert len(rows) == len(truth)
+    for path, label in rows:
+        youtube_id = Path(path).stem[:-14]
+        assert classes[int(label)] == truth[youtube_id]
+        with av.open(str(videos / path)) as container:
+            stream = container.streams.video[0]
+            keys = sorted(p.pts for p in container.demux(stream) if p.size and p.is_keyframe)
+            container.seek(0)
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        assert stream.frames == len(frames) == download.frames[youtube_id]
+        assert min(frames[0].shape[:2]) == 128
+        assert [official.frame_index(f) for f in frames] == list(range(len(frames)))
+        step = stream.average_rate and float(1 / (stream.average_rate * stream.time_base))
+        assert keys[0] == 0 and max(np.diff(keys + [stream.duration or keys[-1]])) <= 8 * step + 1
+    assert {stem[:-14] for stem in failures(videos)} == set(download.corrupt) | set(download.absent)
     cfg = DataConfig(dataset="kinetics400", root=videos, train_list="train_videos.txt", val_list="val_videos.txt",
                      categories="category.txt", input_size=112)
     check_data(cfg, len(classes))
     assert build_datasets(cfg, num_frames=3)[0][0][0].shape == (3, 3, 112, 112)
     again = prepare("kinetics400", "--source", download.root, "--annotations", notes["train"], notes["val"],
-                    "--keep-videos", "--out", videos)
-    assert f"{len(truth)} already checked (kept), {len(download.corrupt)} to decode" in again.stdout, again.stdout
+                    "--keep-videos", "--short-side", 128, "--gop", 8, "--out", videos)
+    assert f"{len(truth)} already done (kept), {len(download.corrupt)} to re-encode" in again.stdout, again.stdout
 
 
 def test_diving48_class_names_from_the_vocabulary_or_numbers(tmp_path):
@@ -299,3 +314,33 @@ def thin_resnet18(path: Path) -> None:
     from gsf.backbones.resnet import _WidthResNet
 
     torch.save(_WidthResNet(BasicBlock, [2, 2, 2, 2], 0.25).state_dict(), path)
+
+
+def test_a_prepared_video_gives_the_originals_clips(tmp_path):
+    """Re-encoding keeps the frames: the same seed draws the same frame indices and crops from the
+    prepared video as from the original (each fixture frame carries its index), and the pixels
+    differ by the re-encode's loss only: mean |diff| <= 3 levels (measured ~1), no frame off."""
+    download = official.kinetics400(tmp_path / "download", corrupt=False, absent=False)
+    notes = download.annotations
+    out = tmp_path / "k400"
+    assert main(["kinetics400", "--source", str(download.root), "--annotations", str(notes["train"]),
+                 str(notes["val"]), "--keep-videos", "--out", str(out), "--workers", "1"]) == 0
+    rows = [line.rsplit(None, 1) for line in (out / "train_videos.txt").read_text().splitlines()]
+    originals = {Path(p).stem: p for p in map(str, download.root.rglob("*.mp4"))}
+    (tmp_path / "orig.txt").write_text("".join(f"{originals[Path(p).stem]} {label}\n" for p, label in rows))
+    for multiscale in (False, True):  # centre crops keep each frame's index marker; multi-scale ones may not
+        common = dict(dataset="kinetics400", categories=str(out / "category.txt"), input_size=96, multiscale=multiscale)
+        prepared, _ = build_datasets(DataConfig(**common, root=out, train_list="train_videos.txt",
+                                                val_list="train_videos.txt"), num_frames=4, seed=5)
+        original, _ = build_datasets(DataConfig(**common, root=tmp_path, train_list="orig.txt", val_list="orig.txt"),
+                                     num_frames=4, seed=5)
+        for i in range(len(rows)):
+            for draw in range(3):
+                (a, label_a), (b, label_b) = prepared[(i, draw)], original[(i, draw)]
+                assert label_a == label_b and a.shape == b.shape
+                assert (a.int() - b.int()).abs().float().mean() <= 3.0, (i, draw, multiscale)
+                if not multiscale:
+                    frames = [official.frame_index(f.permute(1, 2, 0).numpy()) for f in a]
+                    assert frames == [official.frame_index(f.permute(1, 2, 0).numpy()) for f in b]
+                    assert frames != [official.frame_index(f.permute(1, 2, 0).numpy())
+                                      for f in original[(i, draw + 100)][0]] or len(set(frames)) == 1

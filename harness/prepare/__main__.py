@@ -25,10 +25,12 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from . import CATEGORIES, LISTS, data_command, sources
-from .extract import Progress, Size, WriteError, count_complete, decode_all, extract_frames, folder_bytes, run_parallel
+from .extract import Progress, Size, WriteError, count_complete, extract_frames, folder_bytes, reencode, run_parallel
 from .sources import Download, SourceError
 from ..data.config import FRAME_TEMPLATES as TEMPLATES
 
@@ -66,7 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.add_argument("--vocab", type=Path, help="Diving48_vocab.json: class names (else the label numbers)")
         if name != "something-v1":
             p.add_argument("--keep-videos", action="store_true",
-                           help="list the (checked) videos for the video loader instead of extracting frames")
+                           help="videos for the video loader instead of frames: each re-encoded once (H.264, the "
+                                "frames' size, a keyframe every --gop frames) so that a clip's frames decode fast")
+            p.add_argument("--gop", type=int, default=8, help="--keep-videos: a keyframe every N frames (default 8: "
+                           "the fastest training clips measured, docs/data_speed.md)")
             p.add_argument("--quality", type=int, default=90, help="JPEG quality of extracted frames (default 90)")
         p.add_argument("--out", type=Path, default=Path(f"data/{name}"), help=f"output folder (default data/{name})")
         p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
@@ -110,11 +115,10 @@ def prepare_dataset(args) -> int:
           + f" samples in the annotations; {'frames' if media == 'frames' else 'videos'} -> {out}", flush=True)
     if download.media == "frames":
         counts, failures = link_frames(download, out, args.dry_run)
-    elif media == "videos":
-        counts, failures = check_videos(download, out, args.workers, args.dry_run)
     else:
         size = Size(height=256) if dataset == "something-v2" else Size(short_side=args.short_side)
-        counts, failures = extract(download, out, template, size, args)
+        output = Output(media, size, template, args.quality, args.gop)
+        counts, failures = extract(download, out, output, args)
     if args.dry_run:
         print(f"dry run: nothing written. {len(counts)} samples would be listed, {len(failures)} left out"
               + "".join(f"\n  left out: {s.split} {s.id}: {why}" for s, why in failures[:20]))
@@ -182,57 +186,65 @@ def _absent(download: Download) -> list:
     return [(s, f"{where} not found in the download ({download.root})") for s in download.samples if s.source is None]
 
 
-def check_videos(download: Download, out: Path, workers: int, dry_run: bool):
-    """--keep-videos: every video decoded once (nothing written but the list), linked as
-    ``out/videos``. Videos checked by an earlier run (same path, size and time) are not decoded again."""
-    _link(out, "videos", download.root, dry_run)
-    record = Record(out / ".checked_videos.tsv", dry_run)
-    key = {s: f"{s.source}:{(st := s.source.stat()).st_size}:{st.st_mtime_ns}"
-           for s in download.samples if s.source is not None}
-    counts = {s: record.get(k) for s, k in key.items() if record.get(k)}
-    todo = [s for s in key if s not in counts]
-    print(f"  {len(counts)} already checked (kept), {len(todo)} to decode on {workers} process(es)", flush=True)
-    if dry_run:  # decoding is the whole work: a dry run only counts it
-        return counts | dict.fromkeys(todo, 0), _absent(download)
-    results, errors = run_parallel(decode_all, [(s.source,) for s in todo], workers,
-                                   f"{download.dataset}: checking videos", done=lambda i, n: record.add(key[todo[i]], n))
-    counts.update({todo[i]: n for i, n in results.items()})
-    return counts, _absent(download) + [(todo[i], why) for i, why in sorted(errors.items())]
+@dataclass(frozen=True)
+class Output:
+    """What each video becomes: a folder of JPEG frames, or (``--keep-videos``) an H.264 video
+    re-encoded with a keyframe every ``gop`` frames, which the seeking decoder reaches quickly."""
+
+    kind: str  # "frames" | "videos"
+    size: Size
+    template: str = ""
+    quality: int = 90
+    gop: int = 8
+
+    def path(self, base: Path, sample) -> Path:
+        return base / sample.id if self.kind == "frames" else base / f"{sample.id}.mp4"
+
+    def make(self):
+        """The picklable work: ``make(video, destination) -> frame count``."""
+        if self.kind == "frames":
+            return partial(extract_frames, template=self.template, size=self.size, quality=self.quality)
+        return partial(reencode, size=self.size, gop=self.gop)
+
+    def complete(self, path: Path, count: int) -> bool:
+        return count_complete(path, self.template) == count if self.kind == "frames" else path.is_file()
+
+    def bytes(self, path: Path) -> int:
+        return folder_bytes(path) if self.kind == "frames" else path.stat().st_size
 
 
-def extract(download: Download, out: Path, template: str, size: Size, args):
-    """Frames of every video not already extracted, in parallel; the disk it needs, estimated first."""
+def extract(download: Download, out: Path, output: Output, args):
+    """Every video not already done, made into ``output`` in parallel; the disk it needs, estimated first."""
+    base = out / output.kind
     present = [s for s in download.samples if s.source is not None]
-    record = Record(out / ".extracted.tsv", args.dry_run)
-    if not args.dry_run and (out / "frames").is_dir():
-        for stopped in (out / "frames").glob("*.partial"):  # a stopped run's; its video is redone
-            shutil.rmtree(stopped, ignore_errors=True)
-    done = {}
-    for s in present:
-        n = record.get(s.id)
-        if n and count_complete(out / "frames" / s.id, template) == n:
-            done[s] = n
+    record = Record(out / f".{output.kind}_done.tsv", args.dry_run)
+    if not args.dry_run and base.is_dir():
+        for stopped in base.glob("*.partial*"):  # a stopped run's; its video is redone
+            shutil.rmtree(stopped) if stopped.is_dir() else stopped.unlink()
+    done = {s: n for s in present if (n := record.get(s.id)) and output.complete(output.path(base, s), n)}
     todo = [s for s in present if s not in done]
-    print(f"  {len(done)} already extracted (kept), {len(todo)} to extract on {args.workers} process(es)", flush=True)
-    counts, errors = dict(done), {}
+    verb = "extract" if output.kind == "frames" else "re-encode"
+    print(f"  {len(done)} already done (kept), {len(todo)} to {verb} on {args.workers} process(es)", flush=True)
+    counts, errors, make = dict(done), {}, output.make()
     sample = todo[:: max(1, len(todo) // ESTIMATE_SAMPLE)][:ESTIMATE_SAMPLE]
-    where = Path(tempfile.mkdtemp(prefix="prepare-estimate-")) if args.dry_run else out / "frames"
+    where = Path(tempfile.mkdtemp(prefix="prepare-estimate-")) if args.dry_run else base
     try:
         t0 = time.monotonic()
         for s in sample:
             try:
-                counts[s] = record.add(s.id, extract_frames(s.source, where / s.id, template, size, args.quality))
+                counts[s] = record.add(s.id, make(s.source, output.path(where, s)))
             except ValueError as e:
                 errors[s] = str(e)
-        estimate_disk(download, out, todo, sample, where, counts, time.monotonic() - t0, args)
+        made = {s: output.bytes(output.path(where, s)) for s in sample if s in counts}
+        estimate_disk(out, todo, made, time.monotonic() - t0, args, output.kind)
     finally:
         if args.dry_run:
             shutil.rmtree(where, ignore_errors=True)
     if args.dry_run:
         return counts | {s: 0 for s in todo if s not in sample}, _absent(download)
     rest = [s for s in todo if s not in sample]
-    tasks = [(s.source, out / "frames" / s.id, template, size, args.quality) for s in rest]
-    results, failed = run_parallel(extract_frames, tasks, args.workers, f"{download.dataset}: extracting frames",
+    tasks = [(s.source, output.path(base, s)) for s in rest]
+    results, failed = run_parallel(make, tasks, args.workers, f"{download.dataset}: {verb} videos",
                                    done=lambda i, n: record.add(rest[i].id, n))
     counts.update({rest[i]: n for i, n in results.items()})
     errors.update({rest[i]: why for i, why in failed.items()})
@@ -260,24 +272,24 @@ class Record:
         return count
 
 
-def estimate_disk(download: Download, out: Path, todo, sample, where: Path, counts, seconds: float, args) -> None:
+def estimate_disk(out: Path, todo, made: dict, seconds: float, args, kind: str) -> None:
     """Print (and hold against the free space) the disk the remaining videos will need, scaled
-    from the sample's output over its source size."""
-    done = [s for s in sample if s in counts]
-    if not done:
+    from what the sample (``made``: sample -> bytes written) took over its videos' size."""
+    if not made:
         return
-    ratio = sum(folder_bytes(where / s.id) for s in done) / max(1, sum(s.source.stat().st_size for s in done))
-    need = ratio * sum(s.source.stat().st_size for s in todo if s not in sample)
+    ratio = sum(made.values()) / max(1, sum(s.source.stat().st_size for s in made))
+    left = [s for s in todo if s not in made]
+    need = ratio * sum(s.source.stat().st_size for s in left)
     probe = out if out.exists() else next((p for p in out.absolute().parents if p.exists()), Path("/"))
     free = shutil.disk_usage(probe).free
-    rate = len(sample) / seconds if seconds > 0 else 0
-    print(f"  estimate: ~{_gb(need)} more for {len(todo) - len(sample)} videos (frames are {ratio:.1f}x their "
-          f"videos' size in a sample of {len(done)}); {_gb(free)} free at {probe}; "
-          f"~{_hours((len(todo) - len(sample)) / max(rate * args.workers, 1e-9))} at {rate:.2f} videos/s per process",
-          flush=True)
+    rate = len(made) / seconds if seconds > 0 else 0
+    print(f"  estimate: ~{_gb(need)} more for {len(left)} videos (the output is {ratio:.2f}x the videos' size in "
+          f"a sample of {len(made)}); {_gb(free)} free at {probe}; ~{_hours(len(left) / max(rate * args.workers, 1e-9))} "
+          f"at {rate:.2f} videos/s per process", flush=True)
     if need > free and not args.no_space_check:
-        raise Refused(f"{out}: the frames need ~{_gb(need)} and {probe} has {_gb(free)} free: free some space, "
-                      "write elsewhere (--out), keep the videos (--keep-videos), or --no-space-check")
+        smaller = ", keep videos instead of frames (--keep-videos)" if kind == "frames" else ""
+        raise Refused(f"{out}: the {kind} need ~{_gb(need)} and {probe} has {_gb(free)} free: free some space, "
+                      f"write elsewhere (--out){smaller}, or --no-space-check")
 
 
 def _gb(n: float) -> str:
@@ -296,8 +308,7 @@ def write_lists(download: Download, out: Path, media: str, counts: dict, failure
         if media == "frames":
             lines = [f"frames/{s.id} {counts[s]} {s.label}\n" for s in download.samples if s.split == split and s in counts]
         else:
-            lines = [f"videos/{s.source.relative_to(download.root)} {s.label}\n"
-                     for s in download.samples if s.split == split and s in counts]
+            lines = [f"videos/{s.id}.mp4 {s.label}\n" for s in download.samples if s.split == split and s in counts]
         _write(out / name, "".join(lines))
     failed = out / "prepare_failures.txt"
     if failures:
