@@ -209,8 +209,9 @@ def baseline_data(rev: str):
     return importlib.import_module(package.name)
 
 
-def pipelines(cfg: dict, videos: int, baseline=None) -> dict:
-    """name -> function(round) that produces ``videos`` clips (the same clips in every round)."""
+def pipelines(cfg: dict, videos: int, baseline=None, prepared: dict | None = None) -> dict:
+    """name -> function(round) that produces ``videos`` clips (the same clips in every round).
+    ``prepared``: gop -> the data section of this video set re-encoded by ``harness.prepare``."""
     train, test = build_datasets(DataConfig(**cfg), num_frames=FRAMES)
     draws = [(i % len(train), 1000 + i) for i in range(videos)]
     rng = np.random.default_rng(0)
@@ -225,9 +226,17 @@ def pipelines(cfg: dict, videos: int, baseline=None) -> dict:
         return run
 
     if cfg["dataset"] != "something-v1":
-        return {"plain decode": lambda: [plain_video(train, i % len(train), p) for i, p in enumerate(positions)],
-                "train sequential": clips(train, False), "train seeking": clips(train, True),
-                "test sequential": clips(test, False), "test seeking": clips(test, True)}
+        out = {"plain decode": lambda: [plain_video(train, i % len(train), p) for i, p in enumerate(positions)],
+               "train sequential": clips(train, False), "train seeking": clips(train, True),
+               "test sequential": clips(test, False), "test seeking": clips(test, True)}
+        if baseline is not None:  # today's loader on this file: seeking decoder, float resampling
+            old_train, old_test = baseline.build_datasets(baseline.DataConfig(**cfg), num_frames=FRAMES)
+            out |= {f"train: today ({BASELINE})": clips(old_train), f"test: today ({BASELINE})": clips(old_test)}
+        out |= {"train: chosen": clips(train, True), "test: chosen": clips(test, True)}
+        for gop, section in (prepared or {}).items():
+            p_train, p_test = build_datasets(DataConfig(**section), num_frames=FRAMES)
+            out |= {f"train: prepared gop {gop}": clips(p_train), f"test: prepared gop {gop}": clips(p_test)}
+        return out
     _, accuracy = build_datasets(DataConfig(**cfg, protocol="accuracy"), num_frames=FRAMES)
     reference = {name: copy.copy(ds) for name, ds in (("train", train), ("test", test), ("test 2x3", accuracy))}
     for ds in reference.values():
@@ -248,6 +257,35 @@ def pipelines(cfg: dict, videos: int, baseline=None) -> dict:
                 out[f"train: {reader}, {form}"] = clips(with_source(train, Candidate(train.source, reader, form)))
         out[f"{kind}: chosen"] = clips({"train": train, "test": test, "test 2x3": accuracy}[kind])
     return out
+
+
+def prepare_videos(cfg: dict | None, gops: list[int], data: Path) -> dict[int, dict]:
+    """The videos of ``cfg`` re-encoded as ``python -m harness.prepare ... --keep-videos --gop G``
+    does (``harness.prepare.extract.reencode``, short side 256): gop -> their data section."""
+    from harness.prepare.extract import Size, reencode
+
+    out = {}
+    if cfg is None:
+        return out
+    root = Path(cfg["root"])
+    lines = (root / cfg["train_list"]).read_text().splitlines()
+    for gop in gops:
+        folder = data / f"prepared-gop{gop}"
+        listed = []
+        for line in lines:
+            path, label = line.rsplit(None, 1)
+            target = folder / "videos" / Path(path).name
+            if not target.is_file():
+                reencode(root / path, target, Size(short_side=256), gop=gop)
+            listed.append(f"videos/{Path(path).name} {label}\n")
+        (folder / "list.txt").write_text("".join(listed))
+        (folder / "categories.txt").write_text((root / cfg["categories"]).read_text())
+        out[gop] = {**cfg, "root": str(folder), "train_list": "list.txt", "val_list": "list.txt"}
+    return out
+
+
+def disk_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.iterdir()) / 1e6
 
 
 def worker_scaling(cfg: dict, clips: int, rounds: int, cores: int) -> dict[str, float]:
@@ -285,6 +323,8 @@ def main(argv=None) -> None:
                    help="WxH of the JPEG frame-folder sets (none: no frame sets)")
     p.add_argument("--gops", type=int, nargs="*", default=[250, 50],
                    help="keyframe intervals of the mp4 sets (none: no video sets)")
+    p.add_argument("--prepared-gops", type=int, nargs="*", default=[16, 8, 4],
+                   help="the first mp4 set re-encoded by harness.prepare --keep-videos with these --gop values")
     p.add_argument("--baseline", default=BASELINE, help="commit whose frame loader is 'today' (git show)")
     p.add_argument("--data", type=Path, help="where the generated data goes (default: a temporary folder)")
     p.add_argument("--out", type=Path, help="folder for data_speed.json and data_speed.png")
@@ -303,13 +343,21 @@ def main(argv=None) -> None:
         sets[name] = write_something(data / f"something-{w}x{h}", args.videos, size=(w, h))
     for gop in args.gops:
         sets[f"mp4 340x256 gop {gop}"] = write_kinetics(data / f"kinetics-gop{gop}", args.videos, gop)
-    baseline = baseline_data(args.baseline) if args.frame_sizes else None
+    prepared = prepare_videos(next((cfg for cfg in sets.values() if cfg["dataset"] != "something-v1"), None),
+                              args.prepared_gops, data)
+    baseline = baseline_data(args.baseline)
     print(f"data in {data} ({time.time() - t0:.0f} s to write); {platform.processor() or platform.machine()}, "
           f"1 core, torch {torch.__version__}, PyAV {av.__version__}, Pillow {Image.__version__}; "
           f"today: commit {args.baseline}{'' if baseline else ' (not loaded)'}; "
           f"chosen JPEG decoder: {default_jpeg_decoder()}", flush=True)
 
-    runs = {name: pipelines(cfg, args.clips, baseline) for name, cfg in sets.items()}
+    first_video = next((name for name, cfg in sets.items() if cfg["dataset"] != "something-v1"), None)
+    runs = {name: pipelines(cfg, args.clips, baseline, prepared if name == first_video else None)
+            for name, cfg in sets.items()}
+    if prepared:
+        print("prepared videos (" + ", ".join(f"gop {g}: {disk_mb(Path(c['root']) / 'videos'):.2f} MB"
+                                               for g, c in prepared.items())
+              + f") against the originals' {disk_mb(Path(sets[first_video]['root']) / 'videos'):.2f} MB", flush=True)
     for fns in runs.values():  # warm-up: imports, caches, first file opens
         for fn in fns.values():
             fn()
