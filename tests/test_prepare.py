@@ -344,3 +344,46 @@ def test_a_prepared_video_gives_the_originals_clips(tmp_path):
                     assert frames == [official.frame_index(f.permute(1, 2, 0).numpy()) for f in b]
                     assert frames != [official.frame_index(f.permute(1, 2, 0).numpy())
                                       for f in original[(i, draw + 100)][0]] or len(set(frames)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_paper_like_sweep_from_the_official_download_and_imagenet_weights_in_ray(tmp_path):
+    """What a user runs, in the folder they sweep from: prepare the download and the weights, then
+    a spec whose profile reads them where the paper profiles do (data/something-v1,
+    model.pretrained: imagenet, caffe_bgr) through ``python -m harness.sweep``: real Ray trials in
+    their own working folders, a real MLflow store; the run says where its weights came from."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from gsf.backbones.bninception import BNInception, caffe_state_dict
+
+    download = official.something_v1(tmp_path / "download", corrupt=False, absent=False)
+    import torch
+
+    tsn = {k: v.unsqueeze(0) if "_bn." in k and v.dim() == 1 else v
+           for k, v in caffe_state_dict(BNInception()).items() if not k.endswith("num_batches_tracked")}
+    torch.save(tsn | {"fc.weight": torch.zeros(1000, 1024), "fc.bias": torch.zeros(1000)}, tmp_path / "tsn.pth")
+    assert prepare("something-v1", "--source", download.root, cwd=tmp_path).returncode == 0
+    assert prepare("weights", "bninception", "--from", tmp_path / "tsn.pth", cwd=tmp_path).returncode == 0
+    spec = tmp_path / "paper_like.yaml"
+    spec.write_text(yaml.safe_dump({
+        "description": "a paper profile at 64 px", "base": {"model": {"backbone": "bninception", "module": "gsf"}},
+        "grid": {"variants": [{"name": "GSF"}]},
+        "profiles": {"paper": {
+            "model": {"pretrained": "imagenet", "num_classes": len(download.classes), "num_frames": 4},
+            "data": {"dataset": "something-v1", "root": "data/something-v1", "train_list": "train_videofolder.txt",
+                     "val_list": "val_videofolder.txt", "categories": "category.txt", "normalize": "caffe_bgr",
+                     "input_size": 64, "workers": 0},
+            "train": {"epochs": 1, "batch_size": 2, "device": "cpu"},
+            "measure": {"input_size": 64, "latency": False}}}}))
+    done = subprocess.run([sys.executable, "-m", "harness.sweep", str(spec), "--profile", "paper",
+                           "--results-dir", "results"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**ENV, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}, timeout=840)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    (run,) = [r for r in client.search_runs([client.get_experiment_by_name("paper_like").experiment_id])
+              if r.data.tags.get("kind") == "trial"]
+    assert run.info.status == "FINISHED" and "top1" in run.data.metrics
+    assert run.data.tags["init"] == "pretrained bninception_imagenet.pth"
+    assert run.data.params["model.pretrained"] == str(tmp_path / "data" / "weights" / "bninception_imagenet.pth")
