@@ -169,6 +169,7 @@ def link_frames(download: Download, out: Path, dry_run: bool):
     from harness.data.datasets import count_frames
 
     _link(out, "frames", download.root, dry_run)
+    print("  disk: the lists and one link, well under 1 MB (the frames stay in the download)", flush=True)
     template = TEMPLATES[download.dataset]
     present = [s for s in download.samples if s.source is not None]
     progress, held = Progress(len(present), f"{download.dataset}: counting frames"), {}
