@@ -3,6 +3,7 @@ real formats: today's loader, each candidate of a faster one, and the chosen one
 
     python benchmarks/data_speed.py --rounds 5 --clips 16 --gops 250 50 --out results/data_speed
     python benchmarks/data_speed.py --gops   # frame folders only
+    python benchmarks/data_speed.py --gops 250 --frame-sizes   # videos only: originals and prepared
 
 It writes, in a temporary folder (or ``--data DIR``, kept):
 
@@ -25,7 +26,10 @@ noise hits every pipeline alike, the median over rounds of clips/s for:
   each candidate (how JPEGs are decoded x how the clip is resampled); and ``chosen``, the default
   loader; ratios are against ``today``;
 - videos with both decoders: ``sequential`` (every frame from the first up to the last one a
-  clip needs: the decoder before the seeking one) and ``seeking`` (the default);
+  clip needs: the decoder before the seeking one) and ``seeking`` (the default); ``today`` on the
+  original file; ``prepared gop G``: the first mp4 set re-encoded as ``harness.prepare
+  --keep-videos --gop G`` does (``--prepared-gops``), and at gop 8 with each of its encoding
+  choices undone in turn (``ENCODING_CANDIDATES``; ``--no-encoding-candidates`` skips them);
 - ``plain decode``: the same frames, decoded and nothing else: PIL open + RGB of the clip's
   JPEGs (and PIL's draft mode at half size, which the transforms cannot use: see the notes
   printed); for video, PyAV decoding from the first frame through the last one the clip needs.
@@ -50,7 +54,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from PIL import Image
@@ -59,7 +62,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness.data import DataConfig, build_datasets  # noqa: E402
 from harness.data import transforms as tf  # noqa: E402
-from harness.data.datasets import JPEG_DECODERS, default_jpeg_decoder, read_jpegs, read_jpegs_reference  # noqa: E402
+from harness.data import datasets  # noqa: E402
+from harness.data.datasets import (JPEG_DECODERS, default_jpeg_decoder, prepared_layout, read_jpegs,  # noqa: E402
+                                   read_jpegs_reference)
 
 FRAMES = 8
 REPO = Path(__file__).resolve().parent.parent
@@ -101,6 +106,8 @@ def write_something(root: Path, videos: int, frames: int = 48, size: tuple[int, 
 
 def write_kinetics(root: Path, videos: int, gop: int, seconds: int = 10, fps: int = 25) -> dict:
     """Kinetics layout: videos/<id>.mp4 and 'path label' lists."""
+    import av  # here, not at the top: gpu_check.py writes frame folders with this module, without PyAV
+
     (root / "videos").mkdir(parents=True, exist_ok=True)
     lines = []
     for v in range(videos):
@@ -140,6 +147,8 @@ def plain_jpegs_draft(ds, i: int, positions: np.ndarray) -> None:
 
 
 def plain_video(ds, i: int, positions: np.ndarray) -> None:
+    import av
+
     path = ds.source.samples[i][0]
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -217,12 +226,17 @@ def pipelines(cfg: dict, videos: int, baseline=None, prepared: dict | None = Non
     rng = np.random.default_rng(0)
     positions = [tf.train_positions(FRAMES, rng) for _ in range(videos)]
 
-    def clips(ds, seek=None):
+    def clips(ds, seek=None, note=True):
         def run():
             if seek is not None:
                 ds.source.seek = seek
-            for index in (draws if ds.train else range(videos)):
-                ds[index if ds.train else index % len(ds)]
+            if not note:  # the loader as if the file said nothing of its layout: it scans the packets
+                datasets.prepared_layout = lambda container, stream: None
+            try:
+                for index in (draws if ds.train else range(videos)):
+                    ds[index if ds.train else index % len(ds)]
+            finally:
+                datasets.prepared_layout = prepared_layout
         return run
 
     if cfg["dataset"] != "something-v1":
@@ -233,9 +247,12 @@ def pipelines(cfg: dict, videos: int, baseline=None, prepared: dict | None = Non
             old_train, old_test = baseline.build_datasets(baseline.DataConfig(**cfg), num_frames=FRAMES)
             out |= {f"train: today ({BASELINE})": clips(old_train), f"test: today ({BASELINE})": clips(old_test)}
         out |= {"train: chosen": clips(train, True), "test: chosen": clips(test, True)}
-        for gop, section in (prepared or {}).items():
+        for name, section in (prepared or {}).items():
+            section = dict(section)
+            note = section.pop("note")
             p_train, p_test = build_datasets(DataConfig(**section), num_frames=FRAMES)
-            out |= {f"train: prepared gop {gop}": clips(p_train), f"test: prepared gop {gop}": clips(p_test)}
+            out |= {f"train: prepared {name}": clips(p_train, note=note),
+                    f"test: prepared {name}": clips(p_test, note=note)}
         return out
     _, accuracy = build_datasets(DataConfig(**cfg, protocol="accuracy"), num_frames=FRAMES)
     reference = {name: copy.copy(ds) for name, ds in (("train", train), ("test", test), ("test 2x3", accuracy))}
@@ -259,28 +276,45 @@ def pipelines(cfg: dict, videos: int, baseline=None, prepared: dict | None = Non
     return out
 
 
-def prepare_videos(cfg: dict | None, gops: list[int], data: Path) -> dict[int, dict]:
+# harness.prepare's encoding at the default GOP with one of its choices undone at a time: what each
+# is worth. (name, x264 options over extract.X264, whether the loader may take the file's note).
+ENCODING_CANDIDATES = [("gop 8, packets scanned (note not used)", {}, False),
+                       ("gop 8, B-frames (x264's bf 3)", {"bf": "3"}, True),
+                       ("gop 8, CABAC + deblocking (no tune fastdecode)", {"tune": None}, True)]
+
+
+def prepare_videos(cfg: dict | None, gops: list[int], data: Path, candidates: bool = True) -> dict[str, dict]:
     """The videos of ``cfg`` re-encoded as ``python -m harness.prepare ... --keep-videos --gop G``
-    does (``harness.prepare.extract.reencode``, short side 256): gop -> their data section."""
-    from harness.prepare.extract import Size, reencode
+    does (``harness.prepare.extract.reencode``, short side 256), and the ``ENCODING_CANDIDATES``:
+    name -> their data section (plus ``"note": False`` where the loader must scan the packets)."""
+    from harness.prepare import extract
 
     out = {}
     if cfg is None:
         return out
     root = Path(cfg["root"])
     lines = (root / cfg["train_list"]).read_text().splitlines()
-    for gop in gops:
-        folder = data / f"prepared-gop{gop}"
-        listed = []
-        for line in lines:
-            path, label = line.rsplit(None, 1)
-            target = folder / "videos" / Path(path).name
-            if not target.is_file():
-                reencode(root / path, target, Size(short_side=256), gop=gop)
-            listed.append(f"videos/{Path(path).name} {label}\n")
+    chosen = dict(extract.X264)
+    runs = [(f"gop {gop}", gop, {}, True) for gop in gops]
+    runs += [(name, 8, options, note) for name, options, note in ENCODING_CANDIDATES] if candidates else []
+    for name, gop, options, note in runs:
+        folder = data / ("prepared-" + "".join(c if c.isalnum() else "-" for c in name))
+        extract.X264.clear()
+        extract.X264.update({k: v for k, v in {**chosen, **options}.items() if v is not None})
+        try:
+            listed = []
+            for line in lines:
+                path, label = line.rsplit(None, 1)
+                target = folder / "videos" / Path(path).name
+                if not target.is_file():
+                    extract.reencode(root / path, target, extract.Size(short_side=256), gop=gop)
+                listed.append(f"videos/{Path(path).name} {label}\n")
+        finally:
+            extract.X264.clear()
+            extract.X264.update(chosen)
         (folder / "list.txt").write_text("".join(listed))
         (folder / "categories.txt").write_text((root / cfg["categories"]).read_text())
-        out[gop] = {**cfg, "root": str(folder), "train_list": "list.txt", "val_list": "list.txt"}
+        out[name] = {**cfg, "root": str(folder), "train_list": "list.txt", "val_list": "list.txt", "note": note}
     return out
 
 
@@ -323,6 +357,8 @@ def main(argv=None) -> None:
                    help="WxH of the JPEG frame-folder sets (none: no frame sets)")
     p.add_argument("--gops", type=int, nargs="*", default=[250, 50],
                    help="keyframe intervals of the mp4 sets (none: no video sets)")
+    p.add_argument("--no-encoding-candidates", action="store_true",
+                   help="time harness.prepare's encoding at --prepared-gops only, not ENCODING_CANDIDATES")
     p.add_argument("--prepared-gops", type=int, nargs="*", default=[16, 8, 4],
                    help="the first mp4 set re-encoded by harness.prepare --keep-videos with these --gop values")
     p.add_argument("--baseline", default=BASELINE, help="commit whose frame loader is 'today' (git show)")
@@ -344,8 +380,10 @@ def main(argv=None) -> None:
     for gop in args.gops:
         sets[f"mp4 340x256 gop {gop}"] = write_kinetics(data / f"kinetics-gop{gop}", args.videos, gop)
     prepared = prepare_videos(next((cfg for cfg in sets.values() if cfg["dataset"] != "something-v1"), None),
-                              args.prepared_gops, data)
+                              args.prepared_gops, data, not args.no_encoding_candidates)
     baseline = baseline_data(args.baseline)
+    import av
+
     print(f"data in {data} ({time.time() - t0:.0f} s to write); {platform.processor() or platform.machine()}, "
           f"1 core, torch {torch.__version__}, PyAV {av.__version__}, Pillow {Image.__version__}; "
           f"today: commit {args.baseline}{'' if baseline else ' (not loaded)'}; "
@@ -355,8 +393,8 @@ def main(argv=None) -> None:
     runs = {name: pipelines(cfg, args.clips, baseline, prepared if name == first_video else None)
             for name, cfg in sets.items()}
     if prepared:
-        print("prepared videos (" + ", ".join(f"gop {g}: {disk_mb(Path(c['root']) / 'videos'):.2f} MB"
-                                               for g, c in prepared.items())
+        print("prepared videos (" + ", ".join(f"{name}: {disk_mb(Path(c['root']) / 'videos'):.2f} MB"
+                                               for name, c in prepared.items())
               + f") against the originals' {disk_mb(Path(sets[first_video]['root']) / 'videos'):.2f} MB", flush=True)
     for fns in runs.values():  # warm-up: imports, caches, first file opens
         for fn in fns.values():

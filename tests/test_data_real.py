@@ -410,11 +410,14 @@ def test_classes_are_checked_against_the_model_up_front(tmp_path):
 
 # --- the seeking video decoder against the sequential reference --------------------------------
 
-def write_moving_video(path, codec, options, count=60, size=(96, 64), rate=25):
-    """A textured scene panning under a moving block: the encoder makes P and B frames."""
+def write_moving_video(path, codec, options, count=60, size=(96, 64), rate=25, note=None):
+    """A textured scene panning under a moving block: the encoder makes P and B frames.
+    ``note``: the container's comment (what harness.prepare writes there)."""
     rng = np.random.default_rng(1)
     texture = np.kron(rng.integers(0, 256, (size[1] // 8 + 4, size[0] // 8 + 4, 3)), np.ones((8, 8, 1))).astype(np.uint8)
     with av.open(str(path), "w") as out:
+        if note is not None:
+            out.metadata["comment"] = note
         stream = out.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         stream.options = options
@@ -434,24 +437,34 @@ ENCODINGS = {
     "x264 default gop (one keyframe)": ("libx264", {}, "mp4"),
     "mpeg4 gop 8, B-frames": ("mpeg4", {"g": "8", "bf": "2"}, "mp4"),
     "x264 in Matroska (no frame count)": ("libx264", {"g": "9"}, "mkv"),
+    # harness.prepare's files: the decoder takes their layout from the note, not from the packets.
+    "prepared: gop 8 exactly, no B-frames, noted": ("libx264", {"g": "8", "keyint_min": "8", "sc_threshold": "0",
+                                                                 "bf": "0"}, "mp4", "harness.prepare gop=8"),
+    # A note that does not hold may cost the fall-back, never a wrong frame.
+    "a false note (gop 5, B-frames, noted 8)": ("libx264", {"g": "5", "bf": "2"}, "mp4", "harness.prepare gop=8"),
+    "a false note (gop 8 noted 3)": ("libx264", {"g": "8", "keyint_min": "8", "sc_threshold": "0", "bf": "0"},
+                                     "mp4", "harness.prepare gop=3"),
 }
 
 
 @pytest.mark.parametrize("encoding", list(ENCODINGS))
 def test_seeking_decoder_gives_the_sequential_decoders_pixels(tmp_path, encoding):
-    from harness.data.datasets import decode_seeking, decode_sequential
+    from harness.data.datasets import decode_seeking, decode_sequential, prepared_layout
 
-    codec, options, ext = ENCODINGS[encoding]
+    codec, options, ext, *note = ENCODINGS[encoding]
     if codec not in av.codecs_available:
         pytest.skip(f"{codec} not in this FFmpeg")
-    path = write_moving_video(tmp_path / f"v.{ext}", codec, options)
+    path = write_moving_video(tmp_path / f"v.{ext}", codec, options, note=note[0] if note else None)
+    with av.open(str(path)) as container:
+        noted = prepared_layout(container, container.streams.video[0])
+    assert (noted is not None) == bool(note)
     rng = np.random.default_rng(0)
     requests = [[tf.train_positions(8, rng)] for _ in range(25)]
     requests += [[tf.test_positions(8, c, n) for c in range(n)] for n in (1, 2, 10)]
     requests += [[np.array([0.0])], [np.array([0.999])], [np.sort(rng.random(16))]]
     for clips in requests:
         seeking = decode_seeking(path, clips)
-        if "open gop" not in encoding:
+        if "open gop" not in encoding and "false note" not in encoding:
             assert seeking is not None, "a regular file fell back to the sequential decoder"
         if seeking is None:
             continue
