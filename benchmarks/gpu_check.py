@@ -14,7 +14,9 @@ TSN, TSM, GSM and GSF on ResNet-50 and BNInception, 174 classes, 8 frames) and m
   bf16 autocast, with peak memory;
 - GSF's fast implementation (``impl="fast"``, written for CPU) against the readable one on CUDA:
   speed, agreement with the same weights, and which of the two ``impl="auto"`` should pick there;
-- with 2+ GPUs, a DistributedDataParallel training step of GSF ResNet-50 against one GPU.
+- with 2+ GPUs, a DistributedDataParallel training step of GSF ResNet-50 against one GPU;
+- ``data.decode: cuda`` (nvjpeg) against the CPU's JPEG decoding on frame folders: training
+  clips/s and how far the pixels are apart.
 
 Models of one setting are timed round-robin in one process (each round times every model once),
 so machine noise hits all alike: "x TSN" is the median over rounds of (model ms / TSN ms in the
@@ -24,7 +26,7 @@ compiled model, its compilation).
 
 Budget. Cold inductor compiles take tens of seconds to minutes per model and mode, so the whole
 matrix does not fit in a few minutes. The checks are items, run in priority order (``plan``):
-the environment; eager fp16 (all 8 models); fast vs readable GSF; eager bf16; compiled fp16 TSN
+the environment; eager fp16 (all 8 models); the training loop; frame decoding; fast vs readable GSF; eager bf16; compiled fp16 TSN
 and GSF; compiled fp16 TSM and GSM; compiled bf16; DDP. An item starts only if the time left
 under ``--budget-s`` (default 330 s, 240 s with --tiny; counted from the start, torch's import
 included) exceeds its estimate (the longest item of its kind so far, else a conservative
@@ -79,6 +81,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 STARTED = time.monotonic()  # the budget counts from here: importing torch (seconds) is in it
@@ -469,6 +472,53 @@ def fit_item(bench: "Bench") -> dict:
             "train_loss": m["train_loss"], "wall_s": time.monotonic() - t0}
 
 
+def data_decode_item(bench: "Bench") -> dict:
+    """``data.decode: cuda`` against ``cpu``: training clips/s of frame folders (8 frames, the
+    training transform, 224 px) read in this process with nvjpeg against libjpeg-turbo on one core
+    (one torch thread: what one loader worker does), round-robin, and how far nvjpeg's pixels are
+    from libjpeg-turbo's on the same clips (its IDCT and chroma upsampling differ). Folders of
+    SS-V1's size (176x100) and of prepared Kinetics (340x256), written by data_speed.py's writer
+    (PIL JPEGs, quality 90). Without CUDA only the CPU side runs, and the CUDA side says why."""
+    import numpy as np
+
+    import data_speed
+    from harness.data import DataConfig, build_datasets
+
+    videos, rounds, clips = (2, 2, 4) if bench.args.tiny else (8, 5, 32)
+    sizes = ((176, 100),) if bench.args.tiny else ((176, 100), (340, 256))
+    cuda = bench.device.type == "cuda"
+    threads = torch.get_num_threads()
+    out = {"setting": f"{videos} folders x 48 frames per size, {clips} training clips a round, {rounds} rounds, "
+                      "CPU side on 1 torch thread", "sizes": {}}
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="gpu_check-frames-") as tmp:
+            for w, h in sizes:
+                section = data_speed.write_something(Path(tmp) / f"{w}x{h}", videos, size=(w, h))
+                datasets = {decode: build_datasets(DataConfig(**section, decode=decode, workers=0), num_frames=8)[0]
+                            for decode in (("cpu", "cuda") if cuda else ("cpu",))}
+                draws = [(i % videos, 1000 + i) for i in range(clips)]
+                rates = {decode: [] for decode in datasets}
+                for _ in range(rounds + 1):  # the first round warms up (nvjpeg's handle, the page cache)
+                    for decode, ds in datasets.items():
+                        t0 = time.perf_counter()
+                        for draw in draws:
+                            ds[draw]
+                        rates[decode].append(clips / (time.perf_counter() - t0))
+                row = {f"{d}_clips_per_s": statistics.median(r[1:]) for d, r in rates.items()}
+                if cuda:
+                    row["cuda_x_cpu"] = row["cuda_clips_per_s"] / row["cpu_clips_per_s"]
+                    diffs = [(datasets["cuda"][d][0].int() - datasets["cpu"][d][0].int()).abs() for d in draws[:videos]]
+                    row |= {"max_abs_diff": max(int(d.max()) for d in diffs),
+                            "mean_abs_diff": float(np.mean([d.float().mean().item() for d in diffs]))}
+                else:
+                    row["cuda"] = "not run: no CUDA device"
+                out["sizes"][f"{w}x{h}"] = row
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 @contextmanager
 def exact_fp32():
     """fp32 as fp32: CUDA convolutions default to TF32 (10-bit mantissa), no reference for fp16."""
@@ -673,6 +723,7 @@ def plan() -> list[Item]:
     items = [Item("environment", 0, (10, 2), environment, "environment")]
     items += [Item(f"eager-fp16-{b}", 10, (60, 20), partial(eager_item, b, "fp16"), "eager") for b in BACKBONES]
     items.append(Item("fit-gsf-resnet50-synthetic", 15, (60, 30), fit_item, "fit"))
+    items.append(Item("data-decode-frames", 16, (60, 20), data_decode_item, "data"))
     items += [Item(f"impl-{b}", 20, (60, 20), partial(impl_item, b), "impl") for b in BACKBONES]
     items += [Item(f"eager-bf16-{b}", 30, (60, 20), partial(eager_item, b, "bf16"), "eager") for b in BACKBONES]
     for priority, dtype, names in ((40, "fp16", ("TSN", "GSF")), (50, "fp16", ("TSN", "TSM", "GSM")),
@@ -829,7 +880,7 @@ def fmt(v, kind: str) -> str:
 
 def render_md(data: dict) -> str:
     sections = []
-    for section in (md_header, md_tables, md_table12, md_impl, md_fit, md_target, md_problems):
+    for section in (md_header, md_tables, md_table12, md_impl, md_fit, md_data, md_target, md_problems):
         try:
             sections.append(section(data))
         except Exception as e:  # noqa: BLE001 (a report bug must not cost the measurements: the JSON has them)
@@ -1037,6 +1088,21 @@ def md_fit(data: dict) -> str:
             f"{r['setting']}: {r['train_clips_per_s']:.1f} training clips/s, waiting for the loader "
             f"{100 * r['data_wait_fraction']:.0f}% of the epoch ({r['epoch_seconds']:.1f} s, {r['train_steps']:.0f} steps; "
             f"evaluation of {r['val_clips']:.0f} clips; {r['wall_s']:.1f} s in all, loader start-up included).")
+
+
+def md_data(data: dict) -> str:
+    """data.decode: cuda against cpu, per frame size."""
+    r = _results(data, "data-decode-frames")
+    if not r:
+        return "## Frame folders: data.decode cuda vs cpu\n\nNot run (see below)."
+    lines = ["## Frame folders: data.decode cuda vs cpu", "", f"{r['setting']}.", "",
+             "| frames | cpu clips/s (1 core) | cuda clips/s | cuda / cpu | pixels: max, mean abs diff |",
+             "|---|---:|---:|---:|---|"]
+    for size, row in r["sizes"].items():
+        cuda = (f"{row['cuda_clips_per_s']:.1f} | {row['cuda_x_cpu']:.2f}x | {row['max_abs_diff']}, "
+                f"{row['mean_abs_diff']:.2f}" if "cuda_clips_per_s" in row else f"{row['cuda']} | – | –")
+        lines.append(f"| {size} | {row['cpu_clips_per_s']:.1f} | {cuda} |")
+    return "\n".join(lines)
 
 
 def md_problems(data: dict) -> str:

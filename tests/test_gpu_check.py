@@ -25,7 +25,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_check.py")
-FAST_ITEMS = ["eager-fp16-*", "fit-*", "impl-*", "eager-bf16-*", "compiled-fp16-resnet50-*-gsf", "ddp-gsf-resnet50"]
+FAST_ITEMS = ["eager-fp16-*", "fit-*", "data-*", "impl-*", "eager-bf16-*", "compiled-fp16-resnet50-*-gsf", "ddp-gsf-resnet50"]
 FORBIDDEN = ("fvcore", "ray", "mlflow", "av")
 
 
@@ -70,7 +70,7 @@ def test_every_selected_item_ran_ok(tiny_run, gc):
     by_name = items(data)
     assert set(by_name) == {i.name for i in gc.plan()}
     chosen = [n for n in by_name if gc.selected(gc.Item(n, 0, (0, 0), None), FAST_ITEMS)]
-    assert len(chosen) == 11, chosen  # environment, 2+2 eager, the training loop, 2 impl, 2 compiled, ddp
+    assert len(chosen) == 12, chosen  # environment, 2+2 eager, the training loop, data, 2 impl, 2 compiled, ddp
     for name in chosen:
         assert by_name[name]["status"] == "ok", (name, by_name[name].get("error"))
         assert by_name[name]["seconds"] > 0
@@ -285,3 +285,14 @@ def test_the_training_loop_item_runs_the_harness_fit(tiny_run):
     assert r["train_steps"] == 4 and r["val_clips"] == 8 and r["train_clips_per_s"] > 0
     assert 0 <= r["data_wait_fraction"] < 1 and math.isfinite(r["train_loss"])
     assert f"{r['train_clips_per_s']:.1f} training clips/s, waiting for the loader {100 * r['data_wait_fraction']:.0f}%" in md
+
+
+def test_frame_decoding_item_times_the_cpu_side_and_says_why_not_cuda(tiny_run):
+    """data.decode: cuda is timed where CUDA is; here the CPU side runs and the CUDA side says why not."""
+    _, data, md, _ = tiny_run
+    r = items(data)["data-decode-frames"]["results"]
+    assert list(r["sizes"]) == ["176x100"]
+    row = r["sizes"]["176x100"]
+    assert row["cpu_clips_per_s"] > 0 and math.isfinite(row["cpu_clips_per_s"])
+    assert row["cuda"] == "not run: no CUDA device" and "cuda_clips_per_s" not in row
+    assert f"| 176x100 | {row['cpu_clips_per_s']:.1f} | not run: no CUDA device | – | – |" in md
