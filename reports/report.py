@@ -27,7 +27,7 @@ from reports.verdicts import claim_verdicts, judge, kendall_tau, order_text, tau
 
 DEFAULT_UI = "http://127.0.0.1:5000"
 FINGERPRINT_KEYS = ("hw.cpu", "sw.torch", "hw.threads")
-SYNTHETIC_MD = Path(__file__).resolve().parent.parent / "harness" / "data" / "SYNTHETIC.md"
+SYNTHETIC_MD = Path(__file__).resolve().parent.parent / "docs" / "synthetic.md"
 PAPER_TABLE8 = Path(__file__).resolve().parent / "paper" / "table8_gsf_rows.csv"
 
 
@@ -291,14 +291,14 @@ def console_lines(meta: dict) -> list[str]:
 
 
 def reference_fingerprint(path: Path = SYNTHETIC_MD) -> dict[str, str]:
-    """The machine SYNTHETIC.md's reference numbers came from: its `hw.cpu=...` style marks."""
+    """The machine docs/synthetic.md's reference numbers came from: its `hw.cpu=...` style marks."""
     if not path.is_file():
         return {}
     return dict(re.findall(r"`((?:hw|sw)\.\w+)=([^`]*)`", path.read_text()))
 
 
 def hardware_note(meta: dict) -> str:
-    """For sweeps on the synthetic benchmark: do our runs share SYNTHETIC.md's machine?"""
+    """For sweeps on the synthetic benchmark: do our runs share docs/synthetic.md's machine?"""
     if meta.get("dataset") != "synthetic" or not meta.get("fingerprints"):
         return ""
     ref = reference_fingerprint()
@@ -309,8 +309,8 @@ def hardware_note(meta: dict) -> str:
     desc = "; ".join(", ".join(f"{k}={fp[k]}" for k in FINGERPRINT_KEYS) for fp in ours)
     ref_desc = ", ".join(f"{k}={ref[k]}" for k in FINGERPRINT_KEYS if k in ref)
     if same:
-        return f"Hardware: these runs ({desc}) match SYNTHETIC.md's reference machine: its numbers should reproduce exactly."
-    return (f"Hardware: these runs ({desc}) differ from SYNTHETIC.md's reference machine ({ref_desc}): "
+        return f"Hardware: these runs ({desc}) match docs/synthetic.md's reference machine: its numbers should reproduce exactly."
+    return (f"Hardware: these runs ({desc}) differ from docs/synthetic.md's reference machine ({ref_desc}): "
             f"the same code and seeds give different numbers on another CPU or torch build; compare spreads, not digits.")
 
 

@@ -66,7 +66,7 @@ class DataConfig(BaseModel):
                               trial's GPU, in the training process (data.workers: 0, its default then;
                               a trial without a GPU fails when its datasets are built). Frames only
 
-    Synthetic (see harness/data/SYNTHETIC.md; the defaults fit the CPU smoke budget):
+    Synthetic (see docs/synthetic.md; the defaults fit the CPU smoke budget):
       num_classes    even, <= 12: the first num_classes/2 time-reversed pairs (default 12)
       train_size     clips per training epoch (default 4000); val_size (default 500)
       frame_size     rendered frame side in pixels (default 40)

@@ -3,7 +3,7 @@
 Every class belongs to a time-reversed pair (A, B): a B clip is, literally, an A clip rendered with
 the same random parameters and played backwards. The multiset of frames therefore never tells A
 from B, so any frame-order-blind model (TSN: an average of per-frame predictions) is capped at
-50%; telling them apart needs features that relate neighbouring frames. See SYNTHETIC.md.
+50%; telling them apart needs features that relate neighbouring frames. See docs/synthetic.md.
 
 Rendering is vectorised over the frames of a clip (numpy, uint8, channel-first), about a
 millisecond per 8-frame 64x64 clip on one core (0.8 ms at the default 40x40).
