@@ -1,7 +1,7 @@
 """A researcher's own module, from a folder outside the project, through real Ray workers.
 
-The README's "Your own module" example (its two files, read from README.md so that the README
-cannot drift from what is tested) runs as a user would run it: ``python -m harness.sweep
+The "Your own module" example of docs/own_modules.md (its two files, read from that doc so that
+the doc cannot drift from what is tested) runs as a user would run it: ``python -m harness.sweep
 my_spec.yaml`` in its own folder. Its table row has params, FLOPs and latency beside TSM's, its
 trials imported the copy Ray shipped in the job's runtime_env, and after an edit of the module
 only the row built from it runs again. Bad specs are exit 2 with one line.
@@ -31,9 +31,9 @@ for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "PYTHONPATH"):
 
 
 def readme_example() -> dict[str, str]:
-    """file name -> text of the code blocks of README.md's "Your own module" section that start
+    """file name -> text of the code blocks of docs/own_modules.md's "Your own module" section that start
     with a ``# <file name>`` line."""
-    section = ROOT.joinpath("README.md").read_text().split("## Your own module", 1)[1].split("\n## ", 1)[0]
+    section = ROOT.joinpath("docs", "own_modules.md").read_text().split("## Your own module", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```(?:python|yaml)\n# (\S+)\n(.*?)```", section, flags=re.S)
     return {name: text for name, text in blocks}
 
