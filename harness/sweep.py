@@ -3,7 +3,7 @@
     python -m harness.sweep SPEC.yaml [--profile NAME] [--measure-only] [--results-dir DIR]
         [--address ADDR] [--storage PATH|s3://...] [--cpus-per-trial N] [--gpus-per-trial auto|G]
         [--workers-per-trial N] [--device auto|cpu|cuda] [--max-failures N] [--progress-every S]
-        [--fresh] [--dry-run]
+        [--fresh] [--dry-run] [--max-trials N]
 
 Exit status: 0 success, 2 bad spec, data or command line (one line), 1 when trials failed
 (listed, with those whose results did not reach the driver's MLflow store), 130 when
@@ -37,6 +37,9 @@ from gsf.model import NO_WEIGHTS
 from harness.spec import Spec, SpecError, load_spec
 
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+# Trials a spec may expand to unless --max-trials says more: expanding (validating every grid
+# point) takes ~1 ms per point, and a grid past this is more likely a typo than a plan.
+MAX_TRIALS = 10_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,6 +76,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="re-run every trial, ignoring finished runs and deleting its checkpoints in --storage")
     p.add_argument("--dry-run", action="store_true",
                    help="check the spec, the data, the results dir and the store, list the trials, run nothing")
+    p.add_argument("--max-trials", type=int, default=MAX_TRIALS, metavar="N",
+                   help=f"refuse a spec whose grid (variants x axes x seeds) has more than N trials, at once and "
+                   f"before expanding it; default {MAX_TRIALS:,}. A spec whose file name is not a folder name "
+                   "(spaces, non-ASCII letters) and that sets no name: gets one derived from it (said on the console)")
     args = p.parse_args(argv)
     if args.cpus_per_trial is not None and not (math.isfinite(args.cpus_per_trial) and args.cpus_per_trial > 0):
         p.error(f"--cpus-per-trial must be a number > 0, got {args.cpus_per_trial}")
@@ -80,12 +87,84 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--workers-per-trial must be 1 to 1024, got {args.workers_per_trial}")
     if args.max_failures is not None and not 0 <= args.max_failures <= 100:
         p.error(f"--max-failures must be 0 to 100, got {args.max_failures}")
+    if args.max_trials < 1:
+        p.error(f"--max-trials must be at least 1, got {args.max_trials}")
     if not (math.isfinite(args.progress_every) and 0 < args.progress_every <= 86400):
         p.error(f"--progress-every must be seconds in (0, 86400], got {args.progress_every}")
     args.cluster = args.address or (os.environ.get("RAY_ADDRESS") if os.environ.get("RAY_ADDRESS") != "local" else None)
     if args.max_failures is None:
         args.max_failures = 1 if args.cluster else 0
     return args
+
+
+def load(args) -> Spec:
+    """The spec of the command line. A grid of more than ``--max-trials`` trials is refused before
+    it is expanded (one line with the count). A spec with no ``name:`` whose file name cannot name
+    a folder (spaces, non-ASCII letters) is loaded under a name derived from it, said once here."""
+    from harness.spec import NAME, read_yaml
+
+    path = Path(args.spec)
+    raw = read_yaml(path) if path.is_file() else None
+    count = grid_size(raw)
+    if count is not None and count > args.max_trials:
+        raise SpecError(f"{path}: the grid expands to {count:,} trials ({grid_factors(raw)}), more than the "
+                        f"limit of {args.max_trials:,}; to run them all, add --max-trials {count}")
+    if not isinstance(raw, dict) or raw.get("name") is not None or NAME.fullmatch(path.stem):
+        return load_spec(path, args.profile)
+    name = safe_name(path.stem)
+    # load_spec names a spec after its file: it reads this one through a link of the derived name
+    # (its folder, where the spec's imports are found, is still the real file's).
+    with tempfile.TemporaryDirectory(prefix="gsf-spec-") as tmp:
+        link = Path(tmp) / f"{name}.yaml"
+        link.symlink_to(path.resolve())
+        try:
+            spec = load_spec(link, args.profile)
+        except SpecError as e:
+            raise SpecError(str(e).replace(str(link), str(path))) from None
+    spec.path = path
+    print(f"{path}: the file name {path.stem!r} cannot name a results folder; this sweep is named {name!r} "
+          f"(set name: in the spec to choose another)", flush=True)
+    return spec
+
+
+def grid_size(raw: Any) -> int | None:
+    """Trials a spec's grid expands to (variants x axis values x seeds), counted from its YAML
+    without expanding it; None when the grid is malformed (``load_spec`` says how)."""
+    shape = _grid_shape(raw)
+    return None if shape is None else shape[0] * math.prod(shape[1].values()) * shape[2]
+
+
+def grid_factors(raw: Any) -> str:
+    variants, axes, seeds = _grid_shape(raw)
+    return " x ".join([f"{variants} variants", *(f"{n} {key}" for key, n in axes.items()), f"{seeds} seeds"])
+
+
+def _grid_shape(raw: Any) -> tuple[int, dict[str, int], int] | None:
+    if not isinstance(raw, dict):
+        return None
+    grid, seeds = raw.get("grid") or {}, raw.get("seeds", [0])
+    if not isinstance(grid, dict) or not isinstance(seeds, list):
+        return None
+    variants, axes = grid.get("variants") or [None], grid.get("axes") or {}
+    if not isinstance(variants, list) or not isinstance(axes, dict):
+        return None
+    if not all(isinstance(values, list) for values in axes.values()):
+        return None
+    return len(variants), {str(k): len(v) for k, v in axes.items()}, len(seeds)
+
+
+def safe_name(stem: str) -> str:
+    """A folder name (``harness.spec.NAME``) for a spec file named ``stem``: accents dropped, each
+    run of other characters one '_'; a name with nothing left is named by a digest."""
+    import hashlib
+    import re
+    import unicodedata
+
+    from harness.spec import NAME
+
+    bare = "".join(c for c in unicodedata.normalize("NFKD", stem) if not unicodedata.combining(c))
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", bare).strip("._-")[:100].rstrip("._-")
+    return name if NAME.fullmatch(name) else f"spec-{hashlib.sha256(stem.encode()).hexdigest()[:8]}"
 
 
 def _pick_runs(finished: dict[str, list[Any]], h: str, measure_only: bool):
@@ -259,10 +338,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # data-parallel trials use Ray Train's V2 API
+    # Tune's newer console output prints its configuration box and a TensorBoard hint whatever
+    # RunConfig(verbose) says (ray/tune/tune.py calls experiment_started unconditionally); the
+    # older one at verbose=0 prints nothing. The sweep prints its own line per trial event.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Every epoch checkpoints (CheckpointConfig(num_to_keep=1)): Tune then warns on each short epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
-        spec = load_spec(args.spec, args.profile)
+        spec = load(args)
         if args.device:
             for t in spec.trials:  # where a trial runs is not part of its identity (its hash)
                 t.config["train"]["device"] = args.device
@@ -321,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         if gone:
             print(f"--fresh: deleted the checkpoints of {gone} trial folder(s) in {store}/{spec.name}", flush=True)
 
-    from reports.report import report_sweep, runs_view_url, ui_base, write_index
+    from reports.report import report_sweep, write_index
+    from reports.runs import runs_view_url, ui_base
 
     commit = tracking.git_commit()
     errors: list[str] = []
@@ -368,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {t.hash: r for t in spec.trials if (r := _pick_runs(finished, t.hash, args.measure_only)) is not None}
     out_dir = results_dir / spec.name
     report = report_sweep(spec, client, runs, out_dir, uri, parent, mode)
-    print((out_dir / "table.md").read_text().split("\n\n")[0])
+    print("\n" + (out_dir / "table.md").read_text().split("\n\n")[0])
     print("\n" + "\n".join(report["lines"]) if report["lines"] else "")
     index = write_index(results_dir)
     view = runs_view_url(ui_base(uri), report["experiment_id"], report.get("runs_view"))
@@ -474,16 +558,44 @@ def _start_ray(args, spec: Spec, todo) -> None:
 
     env = runtime_env([Path(m) for m in py_modules(spec.user_modules)])
     logging.getLogger("ray._private.runtime_env.packaging").setLevel(logging.WARNING)  # a line per package shipped
+    # Ray's warnings and errors on the console, one line each; no INFO lines ("Started a local Ray
+    # instance", "Wrote the latest version of all result files ...").
+    quiet = {"include_dashboard": False, "log_to_driver": False, "runtime_env": env,
+             "logging_level": logging.WARNING, "logging_format": "ray %(levelname)s: %(message)s"}
     if args.cluster:
-        ray.init(address=args.cluster, include_dashboard=False, log_to_driver=False, runtime_env=env)
+        ray.init(address=args.cluster, **quiet)
     else:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 runtime_env=env)
+        ray.init(address="local", num_cpus=os.cpu_count(), **quiet)
+    for handler in logging.getLogger("ray").handlers:
+        handler.addFilter(OneLine())
     try:
         choose_resources(args, spec, todo, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
     except SpecError:
         ray.shutdown()
         raise
+
+
+class OneLine:
+    """A filter for the handlers of Ray's loggers on the driver: a record is one line (the first of
+    its message, and the last of its exception's), nothing under WARNING, and no line for a failed
+    trial or the list of them, which the sweep prints itself with the error (the traceback stays
+    in the trial's error.txt and its MLflow run)."""
+
+    OWN = ("Trial task failed", "Trials did not complete")
+
+    def filter(self, record) -> bool:
+        import logging
+
+        if record.levelno < logging.WARNING:
+            return False
+        text = [line for line in record.getMessage().splitlines() if line.strip()]
+        if text and text[0].startswith(self.OWN):
+            return False
+        line = text[0].strip() if text else ""
+        if record.exc_info and record.exc_info[1] is not None:
+            line = f"{line}: {_first_line(record.exc_info[1])}" if line else _first_line(record.exc_info[1])
+        record.msg, record.args, record.exc_info, record.exc_text, record.stack_info = line, (), None, None, None
+        return True
 
 
 def choose_resources(args, spec: Spec, todo, nodes: list[dict[str, float]]) -> None:
@@ -576,24 +688,25 @@ def _run_ray(spec: Spec, jobs: list[dict[str, Any]], store: str, sweep_name: str
         def __init__(self):
             self.done, self.t0, self.checked = 0, time.time(), set()
 
-        def _line(self, trial, status: str, result: dict | None = None) -> None:
+        def _line(self, trial, status: str, result: dict | None = None, error: str = "") -> None:
             self.done += 1
             r = result or trial.last_result or {}
             parts = [f"{k} {r[k]:.2f}" for k in ("top1", "params_M", "GFLOPs", "latency_ms") if k in r]
-            print(f"[{self.done}/{len(jobs)}] {status} {trial.config['job']['label']}: {', '.join(parts)} "
-                  f"({time.time() - self.t0:.0f} s)", flush=True)
+            print(f"[{self.done}/{len(jobs)}] {status} {trial.config['job']['label']}: "
+                  f"{'; '.join(filter(None, [', '.join(parts), error]))} ({time.time() - self.t0:.0f} s)", flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._line(trial, "stopped" if on_interrupt.requested else "done")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._line(trial, "FAILED")
+            # One line: the error's own (a DataError names the file). The traceback stays in the
+            # trial's folder (error.txt) and in its MLflow run (traceback.txt, tag traceback).
+            error = trial_error(trial)
+            where = f"; traceback in {trial.path}/error.txt" if trial.path else ""
+            self._line(trial, "FAILED", error=(_first_line(error) if error else "failed") + where)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            try:
-                error = trial.get_pickled_error()
-            except Exception:  # noqa: BLE001 (no error file yet: Ray's message is all there is)
-                error = None
+            error = trial_error(trial)  # None: no error file yet, Ray's message is all there is
             why = "its node died or became unreachable" if error is None or lost_node(error) else _first_line(error)
             print(f"    {trial.config['job']['label']}: {why}{_on_node(trial.last_result or {})} (attempt "
                   f"{trial.num_failures} of {args.max_failures + 1}); Ray retries it from its last checkpoint",
@@ -614,8 +727,9 @@ def _run_ray(spec: Spec, jobs: list[dict[str, Any]], store: str, sweep_name: str
                       + (f", waiting for data {100 * wait:.0f}% of the time" if wait is not None else "")
                       + f", ETA {_duration(result['eta_s'])}", flush=True)
             elif "epoch" in result and not result.get("final"):
-                print(f"    {label}: epoch {result['epoch']} "
-                      f"loss {result.get('train_loss', float('nan')):.3f} top1 {result.get('top1', float('nan')):.2f}"
+                # top1 only after an epoch that was evaluated (train.eval_every)
+                top1 = f" top1 {result['top1']:.2f}" if _number(result.get("top1")) else ""
+                print(f"    {label}: epoch {result['epoch']} loss {result.get('train_loss', float('nan')):.3f}{top1}"
                       f"{_on_node(result) if args.cluster else ''}", flush=True)
 
     # Ctrl-C: Ray Tune's own handler ends the run as if it had completed, so the sweep takes the
@@ -670,6 +784,20 @@ def _run_ray(spec: Spec, jobs: list[dict[str, Any]], store: str, sweep_name: str
             label = result.config["job"]["label"] if result.config else "?"
             errors.append(f"{label}: {describe_failure(result.error, result.metrics or {}, args.max_failures)}")
     return errors, on_interrupt.requested, results
+
+
+def trial_error(trial) -> BaseException | None:
+    """The exception a trial failed with, or None. Ray writes it to the trial's folder on the
+    driver first and copies it to the storage later: the first may be all there is yet."""
+    import cloudpickle
+
+    try:
+        if trial.pickled_error_file and os.path.isfile(trial.pickled_error_file):
+            with open(trial.pickled_error_file, "rb") as f:
+                return cloudpickle.load(f)
+        return trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 (an error that does not unpickle here)
+        return None
 
 
 def storage_path(store: str, spec_name: str) -> str:

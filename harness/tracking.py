@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import math
 import os
 import subprocess
 import time
@@ -17,13 +16,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from harness.spec import SpecError
+from reports.runs import MAX_PARAM_LEN, readable
 
-MAX_PARAM_LEN = 6000
 PROBE_TIMEOUT_S = 10  # an MLflow server answers in milliseconds; MLflow's own retries take minutes
 
 
@@ -284,23 +282,3 @@ class TrialRun:
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
-
-
-def runs_frame(client: MlflowClient, runs: dict[str, Any]) -> pd.DataFrame:
-    """One row per trial hash: its latest metrics (final epoch) and tags."""
-    rows = []
-    for h, run in runs.items():
-        row = {"trial_hash": h, "run_id": run.info.run_id}
-        row.update(run.data.metrics)
-        row.update({f"tag.{k}": v for k, v in run.data.tags.items() if not k.startswith("mlflow.")})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def readable(value: float, digits: int = 5) -> float:
-    """``value`` to ``digits`` significant digits (whole numbers exact): what the UI shows.
-    Timings and ratios carry no more precision than that; counts stay exact."""
-    value = float(value)
-    if value.is_integer() or not math.isfinite(value):
-        return value
-    return float(f"{value:.{digits}g}")

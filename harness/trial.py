@@ -195,7 +195,12 @@ def _run(job, cfg, seed, device, run: TrialRun | NoRun, meta: dict, work: Path, 
         run.end("KILLED" if e.code in (0, None) else "FAILED")
         raise
     except BaseException as e:
-        run.set_tags({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-5000:]})
+        # The driver's console shows the error's line; the traceback is kept here (its end in a tag,
+        # all of it as traceback.txt) and in the trial's folder (Ray's error.txt).
+        text = traceback.format_exc()
+        run.set_tags({"error": f"{type(e).__name__}: {e}", "traceback": text[-5000:]})
+        if isinstance(run, TrialRun):  # rank 0 of a data-parallel trial, or a plain trial
+            run.client.log_text(run.run_id, text, "traceback.txt")
         run.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     run.end("FINISHED")

@@ -13,7 +13,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from harness.tracking import MAX_PARAM_LEN, readable
+from reports.runs import MAX_PARAM_LEN, readable
 from reports.verdicts import tau_text
 
 

@@ -23,31 +23,12 @@ import pandas as pd
 
 from reports import figures
 from reports.render import comparability, render_table, row_labels, shared_cpu, table_baseline
+from reports.runs import run_url, runs_frame, runs_view_url, ui_base
 from reports.verdicts import claim_verdicts, judge, kendall_tau, order_text, tau_text
 
-DEFAULT_UI = "http://127.0.0.1:5000"
 FINGERPRINT_KEYS = ("hw.cpu", "sw.torch", "hw.threads")
 SYNTHETIC_MD = Path(__file__).resolve().parent.parent / "docs" / "synthetic.md"
 PAPER_TABLE8 = Path(__file__).resolve().parent / "paper" / "table8_gsf_rows.csv"
-
-
-def ui_base(tracking_uri: str = "") -> str:
-    """The MLflow UI's address for links: MLFLOW_UI_URL, else a tracking server's own address
-    (it serves the UI), else ``mlflow ui``'s default."""
-    base = os.environ.get("MLFLOW_UI_URL") or (tracking_uri if tracking_uri.startswith(("http://", "https://"))
-                                               else DEFAULT_UI)
-    return base.rstrip("/")
-
-
-def run_url(base: str, experiment_id: str, run_id: str) -> str:
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-def runs_view_url(base: str, experiment_id: str, key: str | None) -> str:
-    """The experiment's runs list in the shared view ``key`` (trials, key columns, best first).
-    ``/runs`` itself: the experiment page's redirect drops the view key."""
-    url = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    return url + (f"&viewStateShareKey={key}" if key else "")
 
 
 # --- one sweep ----------------------------------------------------------------------------------
@@ -58,11 +39,10 @@ def report_sweep(spec, client, runs: dict[str, Any], out_dir: str | Path, tracki
     """Tables, verdicts and figures of one sweep into ``out_dir``, its ``sweep.json``, and, with
     ``parent_run_id``, all of it onto that MLflow run. ``runs``: trial hash -> finished run.
     Returns the sweep's metadata (what ``sweep.json`` holds), with ``lines`` to print."""
-    from harness import tracking
     from reports import mlflow_ui
 
     out = Path(out_dir)
-    frame = tracking.runs_frame(client, runs)
+    frame = runs_frame(runs)
     table = render_table(spec, frame, out)
     verdicts = claim_verdicts(spec, frame, table)
     tau, tau_rows = kendall_tau(table)

@@ -19,8 +19,8 @@ from gsf import GSF, build_model
 from harness.gates import GateRecorder
 from harness.spec import SpecError, load_spec
 from harness.run_info import effective_module
-from harness.tracking import readable
 from reports import figures, report
+from reports.runs import readable
 from reports.verdicts import claim_verdicts, judge, kendall_tau, seeds_to_resolve
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -469,10 +469,15 @@ def _decode_at(container, stream, targets: list[int], keys: list[int]) -> dict[i
 
 def open_video(path: Path) -> "av.container.InputContainer":
     """``path`` opened for decoding, its video decoder set to raise on damaged data rather than
-    conceal it (FFmpeg's default paints over a garbled block and carries on)."""
+    conceal it (FFmpeg's default paints over a garbled block and carries on). A file without a
+    video stream is a ``DataError`` saying so."""
     import av
 
     container = av.open(str(path))
+    if not container.streams.video:  # an audio-only file, say: the decoders read streams.video[0]
+        kinds = sorted({s.type for s in container.streams})
+        container.close()
+        raise DataError(f"{path}: no video stream" + (f" (only {', '.join(kinds)})" if kinds else ""))
     for stream in container.streams.video:
         stream.codec_context.options = {"err_detect": "explode"}
     return container
