@@ -1,5 +1,6 @@
 """Gate-Shift-Fuse and friends: plain PyTorch temporal modules, backbones and the TSN classifier."""
-from .model import TSN, ModelConfig, build_model
+from .build import build_model
+from .model import TSN, ModelConfig
 from .modules import GSF, SpatioTemporalShift, TemporalShift
 from .registry import list_backbones, list_modules, register_backbone, register_module
 

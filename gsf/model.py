@@ -1,4 +1,6 @@
-"""The TSN video classifier, its options (``ModelConfig``) and ``build_model``.
+"""The TSN video classifier, its options (``ModelConfig``) and ``build_tsn``, which builds it from
+the backbone and module registries (``gsf.build_model`` builds a release checkpoint's model with
+``gsf.release`` and every other one with ``build_tsn``: this file imports neither of them).
 
 ``ModelConfig`` is the one source of the model's options: ``build_model(**options)`` validates
 its keyword arguments with it, and a spec's ``model`` section is the same model. An option
@@ -18,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from torch import nn
 
 from .backbones import bninception, inception_v3, resnet  # noqa: F401 (each registers its backbones)
+from .backbones.timm_models import TIMM_PREFIX  # importing it registers the timm/ prefix
 from .modules import GSF  # noqa: F401 (gsf.py and shift.py register the modules)
-from .registry import NO_MODULE, RESERVED_OPTIONS, TIMM_PREFIX, did_you_mean, get_backbone, get_module, module_options
+from .registry import NO_MODULE, RESERVED_OPTIONS, did_you_mean, get_backbone, get_module, module_options
 
 NO_WEIGHTS = "none"  # model.pretrained: random initialisation, on purpose
 
@@ -225,6 +228,27 @@ def _fields(who: str) -> tuple[str, ...]:
     return tuple(k for k, f in ModelConfig.model_fields.items() if who in (f.json_schema_extra or {}).get("passed_to", ()))
 
 
+def effective_module(model: dict[str, Any]) -> str:
+    """What the temporal module of a ``model`` section (``ModelConfig``'s keys, any of them
+    missing) computes, whatever it was called: GSF with gating fixed at 1 is a TSM-like shift, at
+    -1 TDN-like differencing, at 0 no temporal interaction (TSN); with summed fusion and learned
+    gating it is GSM. Other modules keep their names."""
+    module = model.get("module", "gsf")
+    if module == NO_MODULE:
+        return "tsn"
+    if module not in ("gsf", "gsm"):
+        return module
+    fusion = "sum" if module == "gsm" else model.get("fusion", "learned")
+    gating = model.get("gating", "learned")
+    if gating == "learned":
+        return "gsf" if fusion == "learned" else "gsm"
+    g = float(gating)
+    if g == 0:
+        return "tsn-like"
+    name = {1.0: "tsm-like", -1.0: "tdn-like"}.get(g, f"fixed-gate({g:g})")
+    return name if fusion == "sum" else f"{name}+fusion"
+
+
 class TSN(nn.Module):
     """Temporal Segment Network: per-frame backbone -> dropout -> fc, averaged over frames.
 
@@ -248,23 +272,12 @@ class TSN(nn.Module):
         return logits.view(b, t, -1).mean(dim=1)
 
 
-def build_model(**options: Any) -> TSN:
-    """A TSN video classifier with ``module`` inserted into ``backbone``; ``options`` are
-    ``ModelConfig``'s fields (e.g. ``backbone="resnet50", module="gsf", placement="conv3"``).
-
-    ``placement`` and ``shift_ratio`` default to the backbone's registered values, the paper's
-    final configuration for the built-in ones (ResNet-50: after conv3 on 25% of the channels;
-    Inception: the 1x1 branch, 100%).
-    """
-    return _build(ModelConfig.model_validate(options))
-
-
-def _build(cfg: ModelConfig, pretrained: bool = True) -> TSN:
+def build_tsn(cfg: ModelConfig, pretrained: bool = True) -> TSN:
+    """The TSN ``cfg`` describes, from the registries: ``cfg.module`` inserted into ``cfg.backbone``
+    (``pretrained=False``: without reading ``cfg.pretrained``). A release checkpoint's model is
+    ``gsf.build_model``'s to build."""
     if cfg.release_checkpoint is not None:
-        from .release import build_released_model
-
-        options = {k: getattr(cfg, k) for k in ModelConfig.model_fields if k != "release_checkpoint"}
-        return build_released_model(cfg.release_checkpoint, **options)
+        raise ValueError("build_tsn builds from the registries; a release_checkpoint's model: gsf.build_model")
     factory = get_module(cfg.module)
     insert = None
     if factory is not None:
@@ -292,7 +305,7 @@ def _check_buildable(blob: str) -> None:
     cfg = ModelConfig.model_validate(json.loads(blob))
     try:
         with torch.device("meta"):
-            _build(cfg, pretrained=False)
+            build_tsn(cfg, pretrained=False)
     except (ValueError, TypeError) as e:
         raise ValueError(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__) from None
     except Exception:  # noqa: BLE001 (code that cannot run on the meta device: the trial builds it for real)

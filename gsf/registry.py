@@ -16,8 +16,10 @@ the keyword arguments its signature names, out of the model's common options (``
 ``(insert, placement, num_blocks, pretrained, width_mult)`` (the options it names) returning a
 module that maps frames to pooled features and has ``num_features``; ``placements`` lists the
 words its ``placement`` takes, or ``None`` for a glob over module names
-(``gsf.backbones.pattern.insert_after``). ``backbone: timm/<name>`` is any timm CNN
-(``gsf.backbones.timm_models``).
+(``gsf.backbones.pattern.insert_after``). A family too large to register name by name registers
+a resolver for a name prefix instead (``register_backbone_prefix``): ``backbone: timm/<name>`` is
+any timm CNN (``gsf.backbones.timm_models`` registers ``timm/``). This file imports no backbone:
+the backbones import it.
 """
 from __future__ import annotations
 
@@ -29,12 +31,12 @@ from typing import Callable
 from torch import nn
 
 NO_MODULE = "none"  # the plain TSN: nothing inserted
-TIMM_PREFIX = "timm/"
 # Set by the backbone where the module's input is a fresh activation, never by a spec.
 RESERVED_OPTIONS = ("inplace",)
 
 _MODULES: dict[str, Callable[..., nn.Module]] = {}
 _BACKBONES: dict[str, "Backbone"] = {}
+_PREFIXES: dict[str, "_Prefix"] = {}
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,15 @@ class Backbone:
         return placement
 
 
+@dataclass(frozen=True)
+class _Prefix:
+    """A resolver for every backbone name ``<prefix><rest>``: ``resolve(rest)`` is its Backbone."""
+
+    resolve: Callable[[str], Backbone]
+    owner: str  # whose names these are, for messages: "timm"
+    names: str  # what ``<rest>`` may be, for messages: "any timm CNN"
+
+
 def register_module(name: str) -> Callable:
     """Register a temporal module class or factory ``(channels, num_frames, **options)`` as ``name``."""
     _check_name(name, "register_module")
@@ -88,8 +99,9 @@ def register_backbone(name: str, placements: tuple[str, ...] | list[str] | None 
     """Register a backbone builder as ``name`` with the placements it takes (None: a glob over its
     module names) and the defaults a spec's ``placement`` and ``shift_ratio`` fall back to."""
     _check_name(name, "register_backbone")
-    if name.startswith(TIMM_PREFIX):
-        raise ValueError(f"register_backbone({name!r}): names starting with {TIMM_PREFIX!r} are timm's")
+    for prefix, entry in _PREFIXES.items():
+        if name.startswith(prefix):
+            raise ValueError(f"register_backbone({name!r}): names starting with {prefix!r} are {entry.owner}'s")
     placements = tuple(placements) if placements is not None else None
     if placements is not None and default_placement is not None and default_placement not in placements:
         raise ValueError(f"register_backbone({name!r}): default_placement {default_placement!r} "
@@ -104,13 +116,35 @@ def register_backbone(name: str, placements: tuple[str, ...] | list[str] | None 
     return register
 
 
+def register_backbone_prefix(prefix: str, owner: str, names: str) -> Callable:
+    """Register ``resolve(rest) -> Backbone`` for every backbone name ``<prefix><rest>`` (a
+    ValueError for a ``rest`` it does not know): a family of backbones too large to register one
+    by one. ``owner`` and ``names`` say in messages whose names these are and what ``rest`` may be
+    (``timm/``: "timm", "any timm CNN")."""
+    if not isinstance(prefix, str) or not prefix.endswith("/") or prefix != prefix.strip() or len(prefix) < 2:
+        raise ValueError(f"register_backbone_prefix: the prefix must be a name ending in '/', got {prefix!r}")
+    clash = [name for name in _BACKBONES if name.startswith(prefix)]
+    if clash:
+        raise ValueError(f"register_backbone_prefix({prefix!r}): backbones registered under it: {', '.join(clash)}")
+
+    def register(resolve):
+        old = _PREFIXES.get(prefix)
+        if old is not None and _qualname(old.resolve) != _qualname(resolve):
+            raise ValueError(f"register_backbone_prefix({prefix!r}): already registered as {_qualname(old.resolve)}; "
+                             f"choose another prefix for {_qualname(resolve)}")
+        _PREFIXES[prefix] = _Prefix(resolve, owner, names)
+        return resolve
+
+    return register
+
+
 def list_modules() -> list[str]:
     """The registered temporal module names, and ``none`` (no module: TSN)."""
     return sorted([*_MODULES, NO_MODULE])
 
 
 def list_backbones() -> list[str]:
-    """The registered backbone names (any ``timm/<name>`` works too)."""
+    """The registered backbone names (and any name under a registered prefix, e.g. ``timm/<name>``)."""
     return sorted(_BACKBONES)
 
 
@@ -125,14 +159,15 @@ def get_module(name: str) -> Callable[..., nn.Module] | None:
 
 
 def get_backbone(name: str) -> Backbone:
-    """The backbone registered as ``name``, or the timm model ``timm/<name>``."""
-    if name.startswith(TIMM_PREFIX):
-        from .backbones.timm_models import timm_backbone
-
-        return timm_backbone(name.removeprefix(TIMM_PREFIX))
+    """The backbone registered as ``name``, or the one a registered prefix resolves it to
+    (``timm/<name>``: the timm model)."""
+    for prefix, entry in _PREFIXES.items():
+        if name.startswith(prefix):
+            return entry.resolve(name.removeprefix(prefix))
     if name not in _BACKBONES:
+        families = "".join(f", or {prefix}<{entry.names}>" for prefix, entry in _PREFIXES.items())
         raise ValueError(f"unknown backbone {name!r}{did_you_mean(name, list_backbones())}; registered: "
-                         f"{', '.join(list_backbones())}, or timm/<any timm CNN>")
+                         f"{', '.join(list_backbones())}{families}")
     return _BACKBONES[name]
 
 

@@ -31,6 +31,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .backbones import bninception, inception_v3
+from .model import ModelConfig, build_tsn
+from .modules import release_processed_channels
+
 __all__ = ["RELEASED", "ReleaseKeyError", "Released", "build_released_model", "check_request", "convert_state_dict",
            "describe", "load_release_checkpoint", "read_checkpoint", "release_names"]
 
@@ -60,34 +64,6 @@ GSF_KEYS = {
     "channel_conv2.weight": "fuse2.weight", "channel_conv2.bias": "fuse2.bias",
 }
 _OURS_TO_GSF = {v: k for k, v in GSF_KEYS.items()}
-
-# The release's Inception-v3 units (backbones/inceptionv3_gsf.yaml ids: <unit>_Conv2D, <unit>_batchnorm,
-# gsf_<unit>_Conv2D) by torchvision's block and attribute at the same position.
-_V3_STEM = {"Conv2d_1a_3x3": "conv", "Conv2d_2a_3x3": "conv_1", "Conv2d_2b_3x3": "conv_2",
-            "Conv2d_3b_1x1": "conv_3", "Conv2d_4a_3x3": "conv_4"}
-_V3_BLOCKS = {  # block -> (the release's unit prefix, block kind)
-    "Mixed_5b": ("mixed", "A"), "Mixed_5c": ("mixed_1", "A"), "Mixed_5d": ("mixed_2", "A"),
-    "Mixed_6a": ("mixed_3", "B"), "Mixed_6b": ("mixed_4", "C"), "Mixed_6c": ("mixed_5", "C"),
-    "Mixed_6d": ("mixed_6", "C"), "Mixed_6e": ("mixed_7", "C"), "Mixed_7a": ("mixed_8", "D"),
-    "Mixed_7b": ("mixed_9", "E"), "Mixed_7c": ("mixed_10", "E"),
-}
-_V3_UNITS = {  # block kind -> torchvision attribute -> the release's unit suffix
-    "A": {"branch1x1": "conv", "branch5x5_1": "tower_conv", "branch5x5_2": "tower_conv_1",
-          "branch3x3dbl_1": "tower_1_conv", "branch3x3dbl_2": "tower_1_conv_1", "branch3x3dbl_3": "tower_1_conv_2",
-          "branch_pool": "tower_2_conv"},
-    "B": {"branch3x3": "conv", "branch3x3dbl_1": "tower_conv", "branch3x3dbl_2": "tower_conv_1",
-          "branch3x3dbl_3": "tower_conv_2"},
-    "C": {"branch1x1": "conv", "branch7x7_1": "tower_conv", "branch7x7_2": "tower_conv_1", "branch7x7_3": "tower_conv_2",
-          "branch7x7dbl_1": "tower_1_conv", "branch7x7dbl_2": "tower_1_conv_1", "branch7x7dbl_3": "tower_1_conv_2",
-          "branch7x7dbl_4": "tower_1_conv_3", "branch7x7dbl_5": "tower_1_conv_4", "branch_pool": "tower_2_conv"},
-    "D": {"branch3x3_1": "tower_conv", "branch3x3_2": "tower_conv_1", "branch7x7x3_1": "tower_1_conv",
-          "branch7x7x3_2": "tower_1_conv_1", "branch7x7x3_3": "tower_1_conv_2", "branch7x7x3_4": "tower_1_conv_3"},
-    "E": {"branch1x1": "conv", "branch3x3_1": "tower_conv", "branch3x3_2a": "tower_mixed_conv",
-          "branch3x3_2b": "tower_mixed_conv_1", "branch3x3dbl_1": "tower_1_conv", "branch3x3dbl_2": "tower_1_conv_1",
-          "branch3x3dbl_3a": "tower_1_mixed_conv", "branch3x3dbl_3b": "tower_1_mixed_conv_1",
-          "branch_pool": "tower_2_conv"},
-}
-
 
 class ReleaseKeyError(ValueError):
     """A state dict that is not (exactly) a released model: ``leftover`` and ``missing`` list the keys."""
@@ -178,8 +154,6 @@ def _backbone_of(state: dict) -> str:
 
 def _shift_ratio(modules: list[tuple[str, int, int]]) -> float:
     """The ``gsf_ch_ratio`` (as a fraction) that gives every module its processed count."""
-    from .modules import release_processed_channels
-
     name, channels, processed = modules[0]
     exact = round(100 * processed / channels, 6)
     for percent in [exact] + sorted(range(1, 101), key=lambda p: abs(p - exact)):
@@ -228,23 +202,10 @@ def _resnet_name(rest: str) -> str:
 
 
 def _units(features: torch.nn.Module, backbone: str) -> dict[str, tuple[str, str, str]]:
-    """Module path of each conv unit -> the release's ids of its conv, BN and GSF."""
-    from .backbones.bninception import ConvBNReLU
-    from .backbones.inception_v3 import ReleaseConv
-
-    units = {}
-    for path, m in features.named_modules():
-        if backbone == "bninception" and isinstance(m, ConvBNReLU):
-            units[path] = (m.caffe_name, f"{m.caffe_name}_bn", f"gsf_{m.caffe_name}")
-        elif backbone == "inception_v3" and isinstance(m, ReleaseConv):
-            block, _, attr = path.rpartition(".")
-            if block:
-                prefix, kind = _V3_BLOCKS[block]
-                unit = f"{prefix}_{_V3_UNITS[kind][attr]}"
-            else:
-                unit = _V3_STEM[attr]
-            units[path] = (f"{unit}_Conv2D", f"{unit}_batchnorm", f"gsf_{unit}_Conv2D")
-    return units
+    """Module path of each conv unit -> the release's ids of its conv, BN and GSF (each Inception
+    backbone keeps its own name table; a ResNet has none)."""
+    release_units = {"bninception": bninception.release_units, "inception_v3": inception_v3.release_units}.get(backbone)
+    return release_units(features) if release_units else {}
 
 
 # --- conversion --------------------------------------------------------------------------------
@@ -300,11 +261,9 @@ def _listed(keys: list[str], what: str, shown: int = 20) -> str:
 
 def _target_model(found: Released) -> torch.nn.Module:
     """The model a released state dict fills, on the meta device (keys and shapes only)."""
-    from .model import build_model
-
     with torch.device("meta"):
-        return build_model(backbone=found.backbone, module="gsf", num_classes=found.num_classes, num_frames=1,
-                           shift_ratio=found.shift_ratio, layout="release")
+        return build_tsn(ModelConfig(backbone=found.backbone, module="gsf", num_classes=found.num_classes,
+                                     num_frames=1, shift_ratio=found.shift_ratio, layout="release"))
 
 
 # --- building the released model ---------------------------------------------------------------
@@ -352,20 +311,17 @@ def check_request(found: Released, path, *, backbone: str, module: str = "gsf", 
 def build_released_model(path: str | os.PathLike, *, num_frames: int, dropout: float = 0.5,
                          module_options: dict | None = None, **request) -> torch.nn.Module:
     """``build_model(..., release_checkpoint=path)``: the released model in ``path``, its weights loaded."""
-    from .model import build_model
-
     found, converted = load_release_checkpoint(path)
     check_request(found, path, **request)
-    model = build_model(backbone=found.backbone, module="gsf", num_classes=found.num_classes, num_frames=num_frames,
-                        shift_ratio=found.shift_ratio, placement=RELEASED[found.backbone].placement, dropout=dropout,
-                        module_options=module_options, layout="release")
+    model = build_tsn(ModelConfig(backbone=found.backbone, module="gsf", num_classes=found.num_classes,
+                                  num_frames=num_frames, shift_ratio=found.shift_ratio,
+                                  placement=RELEASED[found.backbone].placement, dropout=dropout,
+                                  module_options=module_options, layout="release"))
     model.load_state_dict(converted, strict=True)
     return model
 
 
 def _same_counts(found: Released, shift_ratio: float) -> bool:
-    from .modules import release_processed_channels
-
     try:
         return all(release_processed_channels(c, shift_ratio) == p for _, c, p in found.modules)
     except ValueError:

@@ -12,27 +12,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from gsf.model import effective_module
 from harness.tracking import TrialRun
-
-
-def effective_module(model: dict[str, Any]) -> str:
-    """What a trial's temporal module computes, whatever the spec called it: GSF with gating
-    fixed at 1 is a TSM-like shift, at -1 TDN-like differencing, at 0 no temporal interaction
-    (TSN); with summed fusion and learned gating it is GSM. Other modules keep their names."""
-    module = model.get("module", "gsf")
-    if module == "none":
-        return "tsn"
-    if module not in ("gsf", "gsm"):
-        return module
-    fusion = "sum" if module == "gsm" else model.get("fusion", "learned")
-    gating = model.get("gating", "learned")
-    if gating == "learned":
-        return "gsf" if fusion == "learned" else "gsm"
-    g = float(gating)
-    if g == 0:
-        return "tsn-like"
-    name = {1.0: "tsm-like", -1.0: "tdn-like"}.get(g, f"fixed-gate({g:g})")
-    return name if fusion == "sum" else f"{name}+fusion"
 
 
 def cpu_model() -> str:

@@ -19,7 +19,7 @@ import gsf
 from gsf import build_model, register_backbone, register_module
 from gsf.backbones.pattern import insert_after
 from gsf.backbones.weights import load_state_dict
-from gsf.registry import _BACKBONES, _MODULES, get_backbone, module_options
+from gsf.registry import _BACKBONES, _MODULES, _PREFIXES, Backbone, get_backbone, module_options, register_backbone_prefix
 from harness.measure import count_flops, count_params
 from harness.spec import SpecError, load_spec
 
@@ -27,9 +27,9 @@ from harness.spec import SpecError, load_spec
 @pytest.fixture
 def registered():
     """Names registered by a test are removed after it."""
-    before = set(_MODULES), set(_BACKBONES)
+    before = set(_MODULES), set(_BACKBONES), set(_PREFIXES)
     yield
-    for registry, names in zip((_MODULES, _BACKBONES), before):
+    for registry, names in zip((_MODULES, _BACKBONES, _PREFIXES), before):
         for name in set(registry) - names:
             del registry[name]
 
@@ -55,6 +55,8 @@ def test_built_ins_are_registered_where_they_are_defined():
     assert get_backbone("resnet18").placements == ("conv1", "conv2", "all", "input")
     assert (get_backbone("bninception").default_placement, get_backbone("bninception").default_shift_ratio) == ("branch4", 1.0)
     assert not hasattr(gsf, "TEMPORAL_MODULES") and not hasattr(gsf, "BACKBONES")
+    # timm/ is a prefix the timm backbones register from their own file: the registry imports no backbone
+    assert _PREFIXES["timm/"].resolve.__module__ == "gsf.backbones.timm_models"
 
 
 def test_a_registered_module_gets_only_the_options_it_names(registered):
@@ -81,6 +83,35 @@ def test_registration_errors_and_reregistration(registered):
     register_module("recorder")(Recorder)  # the same definition again (a re-import) is fine
     with pytest.raises(ValueError, match="unknown module 'recordr' \\(did you mean 'recorder'\\?\\)"):
         build_model(module="recordr")
+
+
+def test_a_registered_prefix_resolves_its_family_of_backbones(registered):
+    resnet18 = get_backbone("resnet18")
+    asked = []
+
+    @register_backbone_prefix("tiny/", owner="tiny", names="a width in eighths")
+    def tiny(rest: str) -> Backbone:
+        asked.append(rest)
+        if not rest.isdigit():
+            raise ValueError(f"unknown tiny backbone {rest!r}")
+        return Backbone(f"tiny/{rest}", lambda insert, placement, num_blocks=None: resnet18.build(
+            insert, placement, num_blocks, width_mult=int(rest) / 8), resnet18.placements, "conv2", 0.25)
+
+    model = build_model(backbone="tiny/1", module="tsm", num_classes=3, num_frames=2)
+    assert asked[-1] == "1" and model.backbone.num_features == 64  # 512 / 8
+    with pytest.raises(ValueError, match="unknown tiny backbone 'x'"):
+        get_backbone("tiny/x")
+    with pytest.raises(ValueError, match="are tiny's"):
+        register_backbone("tiny/2")
+    with pytest.raises(ValueError, match="or tiny/<a width in eighths>"):
+        get_backbone("tinyy")
+    with pytest.raises(ValueError, match="already registered as"):
+        register_backbone_prefix("tiny/", owner="tiny", names="")(lambda rest: None)
+    with pytest.raises(ValueError, match="ending in '/'"):
+        register_backbone_prefix("tiny", owner="tiny", names="")
+    register_backbone("fam/a")(resnet18.build)
+    with pytest.raises(ValueError, match="backbones registered under it: fam/a"):
+        register_backbone_prefix("fam/", owner="fam", names="")
 
 
 @pytest.mark.parametrize("options,needles", [

@@ -16,9 +16,9 @@ import yaml
 from scipy import stats
 
 from gsf import GSF, build_model
+from gsf.model import effective_module
 from harness.gates import GateRecorder
 from harness.spec import SpecError, load_spec
-from harness.run_info import effective_module
 from reports import figures, report
 from reports.runs import readable
 from reports.verdicts import claim_verdicts, judge, kendall_tau, seeds_to_resolve

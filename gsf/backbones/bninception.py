@@ -85,6 +85,7 @@ from torch import nn
 
 from ..registry import register_backbone
 from . import Insert, blocks_to_convert, on_fresh_input
+from .conv_unit import ConvBNReLU, unit_key_map
 from .weights import fit_state_dict, read_state_dict
 
 __all__ = ["BNInception", "build_bninception", "caffe_state_dict", "load_pretrained", "PLACEMENTS", "BLOCK_NAMES", "INPUT_SIZE"]
@@ -125,26 +126,6 @@ def _scaled(channels: int, width_mult: float) -> int:
     return max(8, int(round(channels * width_mult / 8)) * 8)
 
 
-class ConvBNReLU(nn.Module):
-    """Conv (with bias, as in the Caffe model) + BatchNorm + ReLU; remembers its Caffe name.
-    ``temporal`` (None unless set): a module between the conv and the BN, as in the authors' release."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, caffe_name: str = ""):
-        super().__init__()
-        self.caffe_name = caffe_name
-        self.out_channels = out_ch
-        self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2, bias=True)
-        self.temporal = None
-        self.bn = nn.BatchNorm2d(out_ch)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if self.temporal is not None:
-            x = self.temporal(x)
-        return self.relu(self.bn(x))
-
-
 class InceptionBlock(nn.Module):
     """One BN-Inception block: parallel branches concatenated along channels.
 
@@ -160,7 +141,7 @@ class InceptionBlock(nn.Module):
         self.stride = stride
 
         def conv(layer: str, cin: int, cout: int, kernel: int, s: int = 1) -> tuple[str, ConvBNReLU]:
-            return layer, ConvBNReLU(cin, cout, kernel, s, caffe_name=f"inception_{name}_{layer}")
+            return layer, ConvBNReLU(cin, cout, kernel, s, kernel // 2, caffe_name=f"inception_{name}_{layer}")
 
         branches = OrderedDict()
         if c1:
@@ -206,10 +187,10 @@ class BNInception(nn.Module):
         super().__init__()
         w = lambda c: _scaled(c, width_mult)  # noqa: E731
         self.stem = nn.Sequential(OrderedDict([
-            ("conv1_7x7_s2", ConvBNReLU(3, w(64), 7, 2, caffe_name="conv1_7x7_s2")),
+            ("conv1_7x7_s2", ConvBNReLU(3, w(64), 7, 2, 3, caffe_name="conv1_7x7_s2")),
             ("pool1", nn.MaxPool2d(3, stride=2, ceil_mode=True)),
-            ("conv2_3x3_reduce", ConvBNReLU(w(64), w(64), 1, caffe_name="conv2_3x3_reduce")),
-            ("conv2_3x3", ConvBNReLU(w(64), w(192), 3, caffe_name="conv2_3x3")),
+            ("conv2_3x3_reduce", ConvBNReLU(w(64), w(64), 1, 1, 0, caffe_name="conv2_3x3_reduce")),
+            ("conv2_3x3", ConvBNReLU(w(64), w(192), 3, 1, 1, caffe_name="conv2_3x3")),
             ("pool2", nn.MaxPool2d(3, stride=2, ceil_mode=True)),
         ]))
         blocks, in_ch = OrderedDict(), w(192)
@@ -247,16 +228,15 @@ def _check(placement: str, num_blocks: int | None) -> int:
     return blocks_to_convert(num_blocks, len(BLOCK_NAMES), "BNInception")
 
 
+def release_units(model: nn.Module) -> dict[str, tuple[str, str, str]]:
+    """Module path of each conv unit -> the Caffe (and release) ids of its conv, BN and GSF."""
+    return {path: (m.caffe_name, f"{m.caffe_name}_bn", f"gsf_{m.caffe_name}")
+            for path, m in model.named_modules() if isinstance(m, ConvBNReLU)}
+
+
 def _caffe_key_map(model: nn.Module) -> dict[str, str]:
     """Caffe/Cadene state-dict key -> this module's key, for every conv+BN layer."""
-    mapping = {}
-    for path, m in model.named_modules():
-        if isinstance(m, ConvBNReLU):
-            for p in ("weight", "bias"):
-                mapping[f"{m.caffe_name}.{p}"] = f"{path}.conv.{p}"
-            for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-                mapping[f"{m.caffe_name}_bn.{p}"] = f"{path}.bn.{p}"
-    return mapping
+    return unit_key_map({path: (conv, bn) for path, (conv, bn, _) in release_units(model).items()})
 
 
 def caffe_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -38,7 +38,7 @@ way there, and sizes where they would not are not the release's.
 ("inceptionv3-cuhk", keys named by the ids of the release's ``backbones/inceptionv3.yaml``:
 ``<unit>_Conv2D.weight/.bias``, ``<unit>_batchnorm.*``; a leading dim of 1 is squeezed, the
 classifier ``top_cls_fc.*`` ignored), mapped key for key onto this variant with the release's
-name table (``gsf.release``); or this variant's own keys (what ``python -m harness.prepare weights
+name table (``release_units``); or this variant's own keys (what ``python -m harness.prepare weights
 inception_v3`` writes). Those weights expect BGR 0-255 minus (104, 117, 128)
 (``data.normalize: caffe_bgr``); torchvision's weights do not fit this variant, nor these the
 paper layout.
@@ -57,6 +57,7 @@ from torchvision.models.inception import (Inception3, InceptionA, InceptionAux, 
 
 from ..registry import register_backbone
 from . import Insert, blocks_to_convert, on_fresh_input
+from .conv_unit import ConvBNReLU, unit_key_map
 from .weights import fit_state_dict, read_state_dict
 
 __all__ = ["build_inception_v3", "cuhk_key_map", "PLACEMENTS", "BLOCK_NAMES", "INPUT_SIZE"]
@@ -73,6 +74,33 @@ _BRANCH4 = {
 }
 BLOCK_NAMES = tuple(_BRANCH4)
 PLACEMENTS = ("branch4",)
+
+# The release's Inception-v3 units (backbones/inceptionv3_gsf.yaml ids: <unit>_Conv2D, <unit>_batchnorm,
+# gsf_<unit>_Conv2D) by torchvision's block and attribute at the same position.
+_V3_STEM = {"Conv2d_1a_3x3": "conv", "Conv2d_2a_3x3": "conv_1", "Conv2d_2b_3x3": "conv_2",
+            "Conv2d_3b_1x1": "conv_3", "Conv2d_4a_3x3": "conv_4"}
+_V3_BLOCKS = {  # block -> (the release's unit prefix, block kind)
+    "Mixed_5b": ("mixed", "A"), "Mixed_5c": ("mixed_1", "A"), "Mixed_5d": ("mixed_2", "A"),
+    "Mixed_6a": ("mixed_3", "B"), "Mixed_6b": ("mixed_4", "C"), "Mixed_6c": ("mixed_5", "C"),
+    "Mixed_6d": ("mixed_6", "C"), "Mixed_6e": ("mixed_7", "C"), "Mixed_7a": ("mixed_8", "D"),
+    "Mixed_7b": ("mixed_9", "E"), "Mixed_7c": ("mixed_10", "E"),
+}
+_V3_UNITS = {  # block kind -> torchvision attribute -> the release's unit suffix
+    "A": {"branch1x1": "conv", "branch5x5_1": "tower_conv", "branch5x5_2": "tower_conv_1",
+          "branch3x3dbl_1": "tower_1_conv", "branch3x3dbl_2": "tower_1_conv_1", "branch3x3dbl_3": "tower_1_conv_2",
+          "branch_pool": "tower_2_conv"},
+    "B": {"branch3x3": "conv", "branch3x3dbl_1": "tower_conv", "branch3x3dbl_2": "tower_conv_1",
+          "branch3x3dbl_3": "tower_conv_2"},
+    "C": {"branch1x1": "conv", "branch7x7_1": "tower_conv", "branch7x7_2": "tower_conv_1", "branch7x7_3": "tower_conv_2",
+          "branch7x7dbl_1": "tower_1_conv", "branch7x7dbl_2": "tower_1_conv_1", "branch7x7dbl_3": "tower_1_conv_2",
+          "branch7x7dbl_4": "tower_1_conv_3", "branch7x7dbl_5": "tower_1_conv_4", "branch_pool": "tower_2_conv"},
+    "D": {"branch3x3_1": "tower_conv", "branch3x3_2": "tower_conv_1", "branch7x7x3_1": "tower_1_conv",
+          "branch7x7x3_2": "tower_1_conv_1", "branch7x7x3_3": "tower_1_conv_2", "branch7x7x3_4": "tower_1_conv_3"},
+    "E": {"branch1x1": "conv", "branch3x3_1": "tower_conv", "branch3x3_2a": "tower_mixed_conv",
+          "branch3x3_2b": "tower_mixed_conv_1", "branch3x3dbl_1": "tower_1_conv", "branch3x3dbl_2": "tower_1_conv_1",
+          "branch3x3dbl_3a": "tower_1_mixed_conv", "branch3x3dbl_3b": "tower_1_mixed_conv_1",
+          "branch_pool": "tower_2_conv"},
+}
 
 
 def _check(placement: str, num_blocks: int | None, width_mult: float) -> int:
@@ -113,17 +141,25 @@ def _load_release_pretrained(net: nn.Module, path: str | os.PathLike) -> None:
     net.load_state_dict(state, strict=False)
 
 
+def release_units(net: nn.Module) -> dict[str, tuple[str, str, str]]:
+    """Module path of each conv unit of the release-layout network -> the release's ids of its
+    conv, BN and GSF (``<unit>_Conv2D``, ``<unit>_batchnorm``, ``gsf_<unit>_Conv2D``)."""
+    units = {}
+    for path, m in net.named_modules():
+        if isinstance(m, ConvBNReLU):
+            block, _, attr = path.rpartition(".")
+            if block:
+                prefix, kind = _V3_BLOCKS[block]
+                unit = f"{prefix}_{_V3_UNITS[kind][attr]}"
+            else:
+                unit = _V3_STEM[attr]
+            units[path] = (f"{unit}_Conv2D", f"{unit}_batchnorm", f"gsf_{unit}_Conv2D")
+    return units
+
+
 def cuhk_key_map(net: nn.Module) -> dict[str, str]:
     """inceptionv3-cuhk key (the release yaml's ids) -> this release-layout network's key."""
-    from ..release import _units  # the release's name table; imported here, as release imports the backbones
-
-    mapping = {}
-    for path, (conv, bn, _) in _units(net, "inception_v3").items():
-        for p in ("weight", "bias"):
-            mapping[f"{conv}.{p}"] = f"{path}.conv.{p}"
-        for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-            mapping[f"{bn}.{p}"] = f"{path}.bn.{p}"
-    return mapping
+    return unit_key_map({path: (conv, bn) for path, (conv, bn, _) in release_units(net).items()})
 
 
 def _is_release_file(state: dict) -> bool:
@@ -131,24 +167,12 @@ def _is_release_file(state: dict) -> bool:
     return "conv_Conv2D.weight" in state or "Conv2d_1a_3x3.conv.bias" in state
 
 
-class ReleaseConv(nn.Module):
+def release_conv(in_channels: int, out_channels: int, kernel_size, stride=1, padding=0) -> ConvBNReLU:
     """A conv unit of the release's Inception-v3 in place of torchvision's ``BasicConv2d`` (same
-    arguments): conv with bias, its kernel and padding transposed -> [temporal] -> BN -> ReLU.
-    ``temporal`` (None unless set) sits between the conv and the BN, as GSF in the release."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, _transposed(kernel_size), stride, _transposed(padding),
-                              bias=True)
-        self.temporal = None
-        self.bn = nn.BatchNorm2d(out_channels)  # eps 1e-5 (torchvision's BasicConv2d: 0.001)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if self.temporal is not None:
-            x = self.temporal(x)
-        return self.relu(self.bn(x))
+    arguments): conv with bias, its kernel and padding transposed -> [temporal] -> BN (eps 1e-5;
+    torchvision's BasicConv2d: 0.001) -> ReLU. ``temporal`` sits between the conv and the BN, as
+    GSF in the release."""
+    return ConvBNReLU(in_channels, out_channels, _transposed(kernel_size), stride, _transposed(padding))
 
 
 def _transposed(size):
@@ -169,11 +193,11 @@ class _ReleaseMixed7c(InceptionE):
 
 def _release_inception_v3() -> Inception3:
     # Inception3 hands its conv block to the stem only: each Mixed block needs it given.
-    blocks = [partial(block, conv_block=ReleaseConv)
+    blocks = [partial(block, conv_block=release_conv)
               for block in (InceptionA, InceptionB, InceptionC, InceptionD, InceptionE, InceptionAux)]
-    net = Inception3(aux_logits=False, transform_input=False, inception_blocks=[ReleaseConv, *blocks],
+    net = Inception3(aux_logits=False, transform_input=False, inception_blocks=[release_conv, *blocks],
                      init_weights=False)
-    net.Mixed_7c = _ReleaseMixed7c(2048, conv_block=ReleaseConv)
+    net.Mixed_7c = _ReleaseMixed7c(2048, conv_block=release_conv)
     return net
 
 

@@ -31,11 +31,12 @@ from functools import lru_cache, partial
 import torch
 from torch import nn
 
-from ..registry import TIMM_PREFIX, Backbone
+from ..registry import Backbone, register_backbone_prefix
 from . import Insert
 from .pattern import insert_after, matching
 from .weights import load_state_dict
 
+TIMM_PREFIX = "timm/"
 SHIFT_RATIO = 0.25
 
 
@@ -90,6 +91,7 @@ def _probe_size(net: nn.Module) -> int:
     return cfg["input_size"][-1] if cfg.get("fixed_input_size") else 64
 
 
+@register_backbone_prefix(TIMM_PREFIX, owner="timm", names="any timm CNN")
 @lru_cache(maxsize=None)
 def timm_backbone(name: str) -> Backbone:
     """The registry entry of ``timm/<name>``: a ValueError with close matches for an unknown name."""

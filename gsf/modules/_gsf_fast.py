@@ -43,18 +43,19 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.autograd.function import once_differentiable
 
-if TYPE_CHECKING:
-    from .gsf import GSF
+# The ``GSF`` of gsf.py whose forward this computes (its attributes and parameters are read).
+# Named here, not imported: gsf.py imports this file, and imports point one way (docs/imports.md).
+GSFModule = nn.Module
 
 
 @torch.compiler.disable
-def forward(m: "GSF", x: torch.Tensor) -> torch.Tensor:
+def forward(m: GSFModule, x: torch.Tensor) -> torch.Tensor:
     """GSF ``m`` of frames ``x`` (N*T, C, H, W): with a hand-written backward where autograd needs one."""
     x = x.contiguous()
     if _grad_needed(x, m):
@@ -64,7 +65,7 @@ def forward(m: "GSF", x: torch.Tensor) -> torch.Tensor:
         return _forward_impl(m, x, None, out=x if m.inplace and m.layout == "paper" else None)
 
 
-def _grad_needed(x: torch.Tensor, m: "GSF") -> bool:
+def _grad_needed(x: torch.Tensor, m: GSFModule) -> bool:
     """True when autograd must see this call (and we are not being traced, e.g. by fvcore)."""
     if not torch.is_grad_enabled() or torch.jit.is_tracing():
         return False
@@ -169,7 +170,7 @@ def _sum_taps_adjoint(grad: torch.Tensor, cols_shape) -> tuple[torch.Tensor, tor
 # -- pieces ----------------------------------------------------------------------------------
 
 
-def _gate_input(m: "GSF", xp: torch.Tensor, scratch: bool):
+def _gate_input(m: GSFModule, xp: torch.Tensor, scratch: bool):
     """relu(BN(X)) as (z, gate weight, per-tap constant), with BN folded into the GEMM in eval mode.
 
     Runs without autograd; the backward pass re-runs the plain BatchNorm + ReLU instead of
@@ -209,7 +210,7 @@ def _gate_rows(weight: torch.Tensor, nt: int) -> torch.Tensor:
     return weight.transpose(1, 2).expand(nt, 2, 27, half).reshape(nt * 2, 27, half)
 
 
-def _gate_cols(m: "GSF", xp: torch.Tensor, n: int, t: int, scratch: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _gate_cols(m: GSFModule, xp: torch.Tensor, n: int, t: int, scratch: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-tap planes of the 3x3x3 gate conv of relu(BN(X)): (N, T, 2, kt, 9, H, W).
 
     One GEMM per (frame, group) with the 27 taps as output rows; ``_sum_taps`` adds them up.
@@ -234,7 +235,7 @@ def _gate_cols(m: "GSF", xp: torch.Tensor, n: int, t: int, scratch: bool) -> tup
     return cols, z, bias
 
 
-def _fuse_weights(m: "GSF", pooled_s: torch.Tensor, pooled_r: torch.Tensor) -> torch.Tensor:
+def _fuse_weights(m: GSFModule, pooled_s: torch.Tensor, pooled_r: torch.Tensor) -> torch.Tensor:
     """(7), (8): sigma(W_f * [phi(S); phi(R)]) from pooled (N, T, 2, C/2) -> (N, T, 2, C/2)."""
     def weight_map(conv, s, r):  # (N, T, C/2) each
         pair = torch.stack([s, r], dim=1).transpose(2, 3)  # (N, 2, C/2, T)
@@ -245,13 +246,13 @@ def _fuse_weights(m: "GSF", pooled_s: torch.Tensor, pooled_r: torch.Tensor) -> t
                         weight_map(m.fuse2, pooled_s[:, :, 1], pooled_r[:, :, 1])], dim=2)
 
 
-def _group_channels(m: "GSF") -> tuple[int, int]:
+def _group_channels(m: GSFModule) -> tuple[int, int]:
     """(A, B): how a group's C/2 channels are viewed, (1, C/2) or, in the release layout, (2, C/4)."""
     half = m.processed // 2
     return (2, half // 2) if m.layout == "release" else (1, half)
 
 
-def _output_view(m: "GSF", out: torch.Tensor, n: int, t: int) -> torch.Tensor:
+def _output_view(m: GSFModule, out: torch.Tensor, n: int, t: int) -> torch.Tensor:
     """The processed channels of ``out`` as (N, T, group, A, B, H, W), indexed like the input's.
 
     Release layout: output position 2b + a of a group holds its channel a * C/4 + b, so the
@@ -263,12 +264,12 @@ def _output_view(m: "GSF", out: torch.Tensor, n: int, t: int) -> torch.Tensor:
     return out[:, :m.processed].view(n, t, 2, *_group_channels(m), h, w)
 
 
-def _shift_groups(m: "GSF") -> tuple[int, int]:
+def _shift_groups(m: GSFModule) -> tuple[int, int]:
     """(the group whose frame t receives frame t-1, the group receiving frame t+1)."""
     return (0, 1) if m.layout == "paper" else (1, 0)
 
 
-def _shifted_gated(m: "GSF", xg: torch.Tensor, gate, t: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
+def _shifted_gated(m: GSFModule, xg: torch.Tensor, gate, t: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """(5), (6) of (1), (2): S = the gated groups shifted in time, one pass, zero frames at the ends.
     Paper layout [shift_fw(g1 * X1), shift_bw(g2 * X2)], release layout the other way round.
 
@@ -293,7 +294,7 @@ def _shifted_gated(m: "GSF", xg: torch.Tensor, gate, t: int, scratch: torch.Tens
 # -- forward / backward ------------------------------------------------------------------------
 
 
-def _forward_impl(m: "GSF", x: torch.Tensor, ctx, out: torch.Tensor | None = None) -> torch.Tensor:
+def _forward_impl(m: GSFModule, x: torch.Tensor, ctx, out: torch.Tensor | None = None) -> torch.Tensor:
     """The whole module without autograd; with ``ctx`` (training), also saves what backward needs.
 
     ``out=x`` writes over x: the gate and S are computed from X before R overwrites it, and
@@ -339,7 +340,7 @@ def _forward_impl(m: "GSF", x: torch.Tensor, ctx, out: torch.Tensor | None = Non
     return out
 
 
-def _backward_impl(m: "GSF", ctx, grad_out: torch.Tensor):
+def _backward_impl(m: GSFModule, ctx, grad_out: torch.Tensor):
     """Gradients of ``_forward_impl`` for x and every parameter (in ``m.parameters()`` order).
 
     The elementwise part is differentiated by hand; the gate conv's two GEMMs too. Autograd
@@ -404,7 +405,7 @@ def _backward_impl(m: "GSF", ctx, grad_out: torch.Tensor):
     return (grad_x if ctx.needs_input_grad[1] else None,) + tuple(grads.get(k) for k in params)
 
 
-def _gate_backward(m: "GSF", xp, cols, gate, grad_gate, grads) -> torch.Tensor:
+def _gate_backward(m: GSFModule, xp, cols, gate, grad_gate, grads) -> torch.Tensor:
     """From dL/dg (N, T, 2, H, W): the gate parameters' gradients (into ``grads``) and dL/dX."""
     nt, p, h, w = xp.shape
     bn = m.gate_norm
@@ -436,7 +437,7 @@ class _GSFFunction(torch.autograd.Function):
     """GSF with a hand-written backward; inputs (module, x, *module.parameters())."""
 
     @staticmethod
-    def forward(ctx, module: "GSF", x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, module: GSFModule, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         ctx.module = module
         # Backward re-runs BN and the fusion conv: under the same autocast as forward.
         device = x.device.type
