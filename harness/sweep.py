@@ -50,7 +50,8 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = _Parser(prog="python -m harness.sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("spec", help="sweep spec YAML (ablations/*.yaml)")
+    p.add_argument("spec", help="sweep spec YAML (ablations/*.yaml); its name: (default: the file's name, made a "
+                   "folder name when it has spaces or non-ASCII letters, and said so) names its results folder")
     p.add_argument("--profile", help="profile of the spec to apply (default: smoke when defined)")
     p.add_argument("--measure-only", action="store_true", help="params, FLOPs and latency only; no training")
     p.add_argument("--results-dir", default="results", help="where tables, checkpoints, Ray and MLflow data go")
@@ -77,9 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="check the spec, the data, the results dir and the store, list the trials, run nothing")
     p.add_argument("--max-trials", type=int, default=MAX_TRIALS, metavar="N",
-                   help=f"refuse a spec whose grid (variants x axes x seeds) has more than N trials, at once and "
-                   f"before expanding it; default {MAX_TRIALS:,}. A spec whose file name is not a folder name "
-                   "(spaces, non-ASCII letters) and that sets no name: gets one derived from it (said on the console)")
+                   help=f"refuse a spec whose grid (variants x axis values x seeds) has more than N trials, at once "
+                   f"and before expanding it (exit 2); default {MAX_TRIALS:,}")
     args = p.parse_args(argv)
     if args.cpus_per_trial is not None and not (math.isfinite(args.cpus_per_trial) and args.cpus_per_trial > 0):
         p.error(f"--cpus-per-trial must be a number > 0, got {args.cpus_per_trial}")
