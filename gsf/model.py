@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
@@ -308,5 +309,7 @@ def _check_buildable(blob: str) -> None:
             build_tsn(cfg, pretrained=False)
     except (ValueError, TypeError) as e:
         raise ValueError(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__) from None
-    except Exception:  # noqa: BLE001 (code that cannot run on the meta device: the trial builds it for real)
-        pass
+    except Exception as e:  # noqa: BLE001 (code that cannot run on the meta device: the trial builds it for real)
+        warnings.warn(f"model check skipped: {cfg.backbone} with module {cfg.module!r} does not build on torch's "
+                      f"meta device ({type(e).__name__}: {e}); its trial builds it for real and fails there if it "
+                      "cannot", stacklevel=2)

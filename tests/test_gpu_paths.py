@@ -41,14 +41,7 @@ FRAMES = 2
 BF16 = torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Thin models: with a second OpenMP thread on a busy 2-core machine a train step took 2-5 s
-    instead of 0.06 s (threads spinning at barriers while the other is descheduled)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, one torch thread
 
 
 def build(backbone: str, module: str, impl: str) -> torch.nn.Module:

@@ -20,13 +20,7 @@ TOL = dict(rtol=1e-9, atol=1e-11)
 IMPLS = ["reference", "fast"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: a second OpenMP thread only adds synchronisation (seconds on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, one torch thread
 
 
 def make_gsf(channels=12, num_frames=4, shift_ratio=1.0, gating="learned", fusion="learned",

@@ -70,6 +70,31 @@ def test_a_registered_module_gets_only_the_options_it_names(registered):
     assert {a["channels"] for a in built} == {8, 16, 32, 64}
 
 
+class ReadsItsWeights(nn.Module):
+    """A module whose construction reads a tensor's value: it cannot be built on the meta device."""
+
+    def __init__(self, channels, num_frames):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.factor = float(self.scale.sum().item())
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def test_a_module_the_meta_device_cannot_build_is_checked_by_its_trial_and_says_so(registered):
+    from gsf.model import ModelConfig, _check_buildable, check_buildable
+
+    register_module("reads_weights")(ReadsItsWeights)
+    _check_buildable.cache_clear()
+    cfg = ModelConfig(backbone="resnet18", width_mult=0.125, module="reads_weights", num_classes=3, num_frames=4)
+    with pytest.warns(UserWarning, match=r"model check skipped: resnet18 with module 'reads_weights' does not build "
+                                         r"on torch's meta device \(.*\); its trial builds it for real"):
+        check_buildable(cfg)
+    model = build_model(backbone="resnet18", width_mult=0.125, module="reads_weights", num_classes=3, num_frames=4)
+    assert sum(isinstance(m, ReadsItsWeights) for m in model.modules()) == 8 and model.fc.out_features == 3
+
+
 def test_registration_errors_and_reregistration(registered):
     with pytest.raises(ValueError, match="must take \\(channels, num_frames"):
         register_module("bad")(lambda channels: nn.Identity())

@@ -29,12 +29,7 @@ TOL32 = dict(rtol=1e-4, atol=2e-5)
 BACKBONES = {"resnet50": (496, 16, 0.25, 64), "bninception": (595, 10, 1.0, 64), "inception_v3": (781, 11, 1.0, 101)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, one torch thread
 
 
 # --------------------------------------------------------------------------------------------

@@ -283,7 +283,7 @@ def _fake_results(tmp_path: Path) -> Path:
             "figures": {}, "generated": "now"}
     (sweep / "sweep.json").write_text(json.dumps(meta))
     made = report.table_figure(meta, table, sweep / "table.png")
-    assert made is not None
+    assert made == sweep / "table.png" and made.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta["figures"]["table"] = "table.png"
     (sweep / "sweep.json").write_text(json.dumps(meta))
     return results

@@ -6,23 +6,12 @@ import math
 import pytest
 import torch
 
-from gsf import build_model
+from conftest import seeded_model, tiny_trial
 from harness.spec import TrialConfig
 from harness.train import fit, lr_lambda
 
 
-def _cfg(**train) -> TrialConfig:
-    return TrialConfig.model_validate({
-        "model": {"backbone": "resnet18", "width_mult": 0.125, "module": "gsf", "num_classes": 4,
-                  "num_frames": 4, "shift_ratio": 0.5, "dropout": 0.2},
-        "data": {"dataset": "synthetic", "num_classes": 4, "train_size": 32, "val_size": 8, "frame_size": 32},
-        "train": {"epochs": 3, "batch_size": 8, "lr": 0.05, "warmup_epochs": 1, **train},
-    })
-
-
-def _model(cfg: TrialConfig) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build_model(**cfg.model.model_dump())
+_cfg, _model = tiny_trial, seeded_model  # conftest.py
 
 
 class Interrupt(Exception):
