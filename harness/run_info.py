@@ -28,11 +28,17 @@ def cpu_model() -> str:
 
 
 def fingerprint() -> dict[str, str]:
-    """Hardware and software a trial ran on: results are bit-identical only where these match."""
+    """Hardware and software a trial ran on: results are bit-identical only where these match.
+    The CPU's model name alone does not tell machines apart whose kernels differ (two "AMD EPYC"
+    VMs, one with AVX-512 and one without, gave different Table 5 numbers): torch picks its CPU
+    kernels by ``hw.cpu_capability`` (e.g. AVX2, AVX512), sums in an order set by ``hw.threads``,
+    and ships other kernels in another build (``sw.torch_git``: the commit it was built from)."""
     import torch
 
-    out = {"hw.cpu": cpu_model(), "hw.cpus": str(os.cpu_count()), "hw.threads": str(torch.get_num_threads()),
-           "sw.torch": torch.__version__, "sw.python": platform.python_version()}
+    out = {"hw.cpu": cpu_model(), "hw.cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "hw.cpus": str(os.cpu_count()), "hw.threads": str(torch.get_num_threads()),
+           "sw.torch": torch.__version__, "sw.torch_git": (torch.version.git_version or "unknown")[:12],
+           "sw.python": platform.python_version()}
     if torch.cuda.is_available():
         out["hw.gpu"] = torch.cuda.get_device_name(0)
         out["sw.cuda"] = str(torch.version.cuda)

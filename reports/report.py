@@ -26,7 +26,9 @@ from reports.render import comparability, render_table, row_labels, shared_cpu, 
 from reports.runs import run_url, runs_frame, runs_view_url, ui_base
 from reports.verdicts import claim_verdicts, judge, kendall_tau, order_text, tau_text
 
-FINGERPRINT_KEYS = ("hw.cpu", "sw.torch", "hw.threads")
+# What makes two machines compute the same digits (harness.run_info.fingerprint): a run
+# reproduces a reference's numbers exactly only where all of these match it.
+FINGERPRINT_KEYS = ("hw.cpu", "hw.cpu_capability", "hw.threads", "sw.torch", "sw.torch_git")
 SYNTHETIC_MD = Path(__file__).resolve().parent.parent / "docs" / "synthetic.md"
 PAPER_TABLE8 = Path(__file__).resolve().parent / "paper" / "table8_gsf_rows.csv"
 
@@ -115,11 +117,12 @@ def _rows(spec, runs: dict[str, Any], table: pd.DataFrame) -> list[dict]:
 
 
 def _fingerprints(frame: pd.DataFrame) -> list[dict]:
-    cols = [f"tag.{k}" for k in FINGERPRINT_KEYS]
-    if not len(frame) or not all(c in frame.columns for c in cols):
+    """The distinct machine marks of the runs ("?" where a run lacks one: runs logged before a
+    mark existed cannot match a reference on it)."""
+    if not len(frame) or "tag.hw.cpu" not in frame.columns:
         return []
-    distinct = frame[cols].fillna("?").drop_duplicates()
-    return [{k: str(r[f"tag.{k}"]) for k in FINGERPRINT_KEYS} for _, r in distinct.iterrows()]
+    marks = pd.DataFrame({k: frame[f"tag.{k}"] if f"tag.{k}" in frame.columns else None for k in FINGERPRINT_KEYS})
+    return [{k: str(v) for k, v in r.items()} for _, r in marks.fillna("?").drop_duplicates().iterrows()]
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -270,28 +273,36 @@ def console_lines(meta: dict) -> list[str]:
     return lines
 
 
-def reference_fingerprint(path: Path = SYNTHETIC_MD) -> dict[str, str]:
-    """The machine docs/synthetic.md's reference numbers came from: its `hw.cpu=...` style marks."""
+def reference_machines(path: Path = SYNTHETIC_MD) -> list[dict[str, str]]:
+    """The machines docs/synthetic.md gives reference numbers for: each line that carries
+    `hw.x=...` / `sw.x=...` marks is one machine."""
     if not path.is_file():
-        return {}
-    return dict(re.findall(r"`((?:hw|sw)\.\w+)=([^`]*)`", path.read_text()))
+        return []
+    marks = (dict(re.findall(r"`((?:hw|sw|ref)\.\w+)=([^`]*)`", line)) for line in path.read_text().splitlines())
+    return [m for m in marks if len(m) >= 2]
 
 
-def hardware_note(meta: dict) -> str:
-    """For sweeps on the synthetic benchmark: do our runs share docs/synthetic.md's machine?"""
+def hardware_note(meta: dict, refs: list[dict[str, str]] | None = None) -> str:
+    """For sweeps on the synthetic benchmark: do our runs share a machine docs/synthetic.md gives
+    numbers for, on every mark that changes the digits (``FINGERPRINT_KEYS``)? Only then are its
+    numbers said to reproduce exactly; a reference that lacks a mark never matches."""
     if meta.get("dataset") != "synthetic" or not meta.get("fingerprints"):
         return ""
-    ref = reference_fingerprint()
-    if not ref:
+    refs = reference_machines() if refs is None else refs
+    if not refs:
         return ""
     ours = meta["fingerprints"]
-    same = all(all(fp.get(k) == ref.get(k) for k in FINGERPRINT_KEYS if k in ref) for fp in ours)
-    desc = "; ".join(", ".join(f"{k}={fp[k]}" for k in FINGERPRINT_KEYS) for fp in ours)
-    ref_desc = ", ".join(f"{k}={ref[k]}" for k in FINGERPRINT_KEYS if k in ref)
-    if same:
-        return f"Hardware: these runs ({desc}) match docs/synthetic.md's reference machine: its numbers should reproduce exactly."
-    return (f"Hardware: these runs ({desc}) differ from docs/synthetic.md's reference machine ({ref_desc}): "
-            f"the same code and seeds give different numbers on another CPU or torch build; compare spreads, not digits.")
+    desc = "; ".join(", ".join(f"{k}={fp.get(k, '?')}" for k in FINGERPRINT_KEYS) for fp in ours)
+    for ref in refs:
+        if all(fp.get(k) == ref.get(k) for fp in ours for k in FINGERPRINT_KEYS):
+            return (f"Hardware: these runs ({desc}) match docs/synthetic.md's reference {ref.get('ref.name', '')!r} "
+                    f"on every mark: its numbers should reproduce exactly.")
+    closest = max(refs, key=lambda ref: sum(ours[0].get(k) == ref.get(k) for k in FINGERPRINT_KEYS))
+    differ = [f"{k} {ours[0].get(k, '?')} vs {closest.get(k, 'not recorded')}" for k in FINGERPRINT_KEYS
+              if any(fp.get(k) != closest.get(k) for fp in ours)]
+    return (f"Hardware: these runs ({desc}) match none of docs/synthetic.md's reference machines (closest: "
+            f"{closest.get('ref.name', '?')!r}, which differs in {'; '.join(differ)}): the same code and seeds "
+            f"give other digits on other kernels; compare spreads and verdicts, not digits.")
 
 
 # --- the index page -----------------------------------------------------------------------------

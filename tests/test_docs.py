@@ -129,7 +129,10 @@ def test_the_synthetic_benchmark_reference_is_read_from_docs():
     from reports import report
 
     assert Path(report.SYNTHETIC_MD).resolve() == (ROOT / "docs" / "synthetic.md").resolve()
-    assert report.reference_fingerprint().get("hw.cpu"), "no `hw.cpu=...` mark in docs/synthetic.md"
+    machines = report.reference_machines()
+    assert machines, "no line of `hw.x=...` marks in docs/synthetic.md"
+    # every reference machine carries every mark that changes the digits, and a name
+    assert all(set(report.FINGERPRINT_KEYS) | {"ref.name"} <= set(m) for m in machines), machines
 
 
 @needs_make

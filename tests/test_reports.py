@@ -332,3 +332,33 @@ def test_index_page_renders_in_a_real_browser(tmp_path):
     # The table figure is drawn (its orange paper bars are on the page), not a broken-image box.
     orange = (abs(image[..., 0] - 255) < 20) & (abs(image[..., 1] - 127) < 25) & (image[..., 2] < 40)
     assert orange.sum() > 500, "the figure's paper bars are not visible"
+
+
+def test_exact_reproduction_is_claimed_only_where_every_mark_matches_a_reference(tmp_path):
+    """The CPU's name is not enough (two 'AMD EPYC' VMs, AVX2 and AVX-512, gave other Table 5
+    numbers): a sweep is told its reference numbers reproduce exactly only when the kernels'
+    marks match too, and told which marks differ otherwise."""
+    from harness.run_info import fingerprint
+
+    ours = fingerprint()
+    assert ours["hw.cpu_capability"] == torch.backends.cpu.get_cpu_capability() and ours["hw.cpu_capability"]
+    assert ours["sw.torch_git"] == torch.version.git_version[:12]
+    marks = {k: ours[k] for k in report.FINGERPRINT_KEYS}
+    doc = tmp_path / "synthetic.md"
+    doc.write_text("Numbers of two machines:\n\n"
+                   + "- " + " ".join(f"`{k}={v}`" for k, v in {"ref.name": "here", **marks}.items()) + ": GSF 84.3\n"
+                   + "- `ref.name=other kernels` `hw.cpu=" + marks["hw.cpu"] + "` `hw.cpu_capability=NOPE` "
+                   "`hw.threads=" + marks["hw.threads"] + "` `sw.torch=" + marks["sw.torch"] + "`: GSF 79.5\n")
+    refs = report.reference_machines(doc)
+    assert [r["ref.name"] for r in refs] == ["here", "other kernels"] and refs[0]["hw.cpu"] == marks["hw.cpu"]
+    meta = {"dataset": "synthetic", "fingerprints": [marks]}
+    assert "match docs/synthetic.md's reference 'here' on every mark: its numbers should reproduce exactly" in \
+        report.hardware_note(meta, refs)
+    # the same CPU name with other kernels: no claim, and what differs is said
+    note = report.hardware_note(meta, refs[1:])
+    assert "reproduce exactly" not in note and "match none" in note
+    assert f"hw.cpu_capability {marks['hw.cpu_capability']} vs NOPE" in note and "sw.torch_git" in note
+    # one run of two on another thread count, or runs logged before a mark existed ("?"): no claim
+    for other in ({**marks, "hw.threads": "7"}, {**marks, "sw.torch_git": "?"}):
+        assert "reproduce exactly" not in report.hardware_note({**meta, "fingerprints": [marks, other]}, refs)
+    assert report.hardware_note({"dataset": "something-v1", "fingerprints": [marks]}, refs) == ""
