@@ -31,6 +31,7 @@ def _spec(path: Path, name: str, epochs: int, train_size: int, seeds: list[int])
     return path
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(not can_unshare(), reason="needs private mount namespaces (unshare -m, as root)")
 def test_a_node_that_does_not_see_the_storage_is_refused_before_any_trial(tmp_path):

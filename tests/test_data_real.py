@@ -290,6 +290,7 @@ def write_noise_video(path, codec, count=12, size=(64, 48)):
     with av.open(str(path), "w", options={"movflags": "faststart"}) as out:
         stream = out.add_stream(codec, rate=10)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.codec_context.thread_count = 1  # the same bytes on every run, whatever the machine's load
         for _ in range(count):
             img = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):

@@ -53,6 +53,7 @@ def test_amp_setting_per_device():
     assert TrialConfig().train.amp == "auto" and _cfg(amp=True).train.amp == "auto"
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 def test_compiled_channels_last_training_matches_eager(tmp_path):
     """train.compile (here the aot_eager backend: Dynamo + AOTAutograd, no C++ build) and
     train.channels_last: the same losses, accuracy and gate histograms as eager, and a checkpoint

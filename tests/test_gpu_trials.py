@@ -112,6 +112,7 @@ def test_bad_resource_flags_exit_2_with_one_line(tmp_path, capsys, args, needle)
 
 # --- a GPU that is needed, or given and not there -----------------------------------------------
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 @pytest.mark.timeout(300)
 def test_cuda_trials_on_a_cluster_without_a_gpu_stop_before_any_trial(tmp_path):
     path = spec_file(tmp_path)
@@ -127,6 +128,7 @@ def test_cuda_trials_on_a_cluster_without_a_gpu_stop_before_any_trial(tmp_path):
     assert "no GPU in the Ray cluster: 1 CPU per trial" in ok.stdout
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 @pytest.mark.timeout(600)
 def test_a_gpu_that_ray_declares_and_torch_cannot_see_fails_the_trial_at_once(tmp_path):
     """A Ray node started with --num-gpus 1 on this CPU machine: a node whose driver is missing.
@@ -185,6 +187,7 @@ def first_step_losses(seed: int = 0) -> tuple[float, float]:
     return whole, sum(halves) / 2
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 @pytest.mark.timeout(600)
 def test_two_gloo_workers_train_the_trial_one_worker_trains(tmp_path):
     """The same trial with 2 DDP workers (Ray Train, gloo) and with 1 process: the same steps and

@@ -107,7 +107,8 @@ def test_sweep_trains_logs_renders_and_resumes(tmp_path):
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        assert {"trial_hash", "device", "git_commit", "spec", "hw.cpu", "sw.torch", "hw.threads"} <= run.data.tags.keys()
+        assert {"trial_hash", "device", "git_commit", "spec", "hw.cpu", "hw.cpu_capability", "sw.torch", "sw.torch_git",
+                "hw.threads"} <= run.data.tags.keys()
         assert run.data.params["model.backbone"] == "resnet18"
         assert run.data.params["module_effective"] == {"GSF": "gsf", "TSN": "tsn-like"}[run.data.params["variant"]]
         assert run.info.run_name == f"{run.data.params['variant']} seed={run.data.params['seed']}"
@@ -176,6 +177,7 @@ def _statuses(client: MlflowClient, name: str) -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 @pytest.mark.timeout(900)
 def test_two_drivers_ctrl_c_and_a_dead_driver(tmp_path):
     """Two drivers started at once on one results dir: one runs, the other exits 2 naming it.

@@ -48,6 +48,7 @@ def trial_runs(uri: str, name: str) -> list:
     return client.search_runs([exp.experiment_id], "tags.kind = 'trial'") if exp else []
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 @pytest.mark.timeout(600)
 def test_relative_data_root_and_sqlite_uri_are_the_command_directorys(tmp_path):
     """The shipped paper profiles say root: data/something-v1; a Ray trial runs in a folder of
@@ -94,6 +95,7 @@ def test_a_cluster_with_a_sqlite_store_is_refused_before_anything_starts(tmp_pat
     assert not (tmp_path / "r" / "mlflow.db").exists()
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(not can_unshare(), reason="needs private mount namespaces (unshare -m, as root)")
 def test_a_trial_whose_mlflow_writes_go_to_another_store_fails_the_sweep(tmp_path):
@@ -142,6 +144,7 @@ def test_a_trial_whose_mlflow_writes_go_to_another_store_fails_the_sweep(tmp_pat
     assert list(table["runs"]) == ["1/1"] and table["params_M"].notna().all()
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 @pytest.mark.timeout(600)
 def test_fresh_retrains_everything_and_deletes_the_checkpoints_in_storage(tmp_path):
     spec = tmp_path / "fresh.yaml"

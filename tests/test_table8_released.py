@@ -118,6 +118,7 @@ def test_evaluation_only_trial_evaluates_the_model_as_built(tmp_path):
     assert "train_loss" not in run.data.metrics and run.data.metrics["epochs"] == 0
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 @pytest.mark.timeout(900)
 def test_table8_spec_runs_through_a_sweep(tmp_path):
     """The shipped spec, pointed at generated files (2 frames per clip instead of 16, no latency

@@ -60,6 +60,7 @@ def test_readme_example_is_complete():
     assert len(example["my_module.py"].splitlines()) + len(example["my_spec.yaml"].splitlines()) <= 35
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 @pytest.mark.timeout(900)
 def test_own_module_from_outside_the_project_through_ray_workers_and_rerun_after_an_edit(tmp_path):
     spec = _write_example(tmp_path / "my_research")
@@ -162,6 +163,7 @@ def test_a_trials_identity_holds_its_baselines_model(tmp_path):
     assert config_a == config_b and a != b
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(not can_unshare(), reason="needs private mount namespaces (unshare -m)")
 def test_own_module_reaches_a_node_that_does_not_see_the_users_folder(tmp_path):
