@@ -19,7 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from harness import sweep
+from harness import raytrials, sweep
 from harness.data import DataConfig, DataError, build_datasets
 from harness.data.datasets import decode_seeking, decode_sequential
 
@@ -113,7 +113,7 @@ def test_ray_log_records_are_one_line_each_and_no_info():
     out = io.StringIO()
     handler = logging.StreamHandler(out)
     handler.setFormatter(logging.Formatter("ray %(levelname)s: %(message)s"))
-    handler.addFilter(sweep.OneLine())
+    handler.addFilter(raytrials.OneLine())
     log = logging.getLogger("ray.tune.test_console")
     log.addHandler(handler)
     log.setLevel(logging.INFO)

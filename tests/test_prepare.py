@@ -290,7 +290,7 @@ def test_the_sweep_checks_weights_before_any_trial(tmp_path):
     import torchvision
 
     from harness.spec import load_spec
-    from harness.sweep import check_weights
+    from harness.preflight import check_weights
 
     import torch
 

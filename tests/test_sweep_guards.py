@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from harness import resources, sweep, tracking
+from harness import preflight, resources, sweep, tracking
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {
@@ -136,7 +136,7 @@ def test_two_drivers_on_a_fresh_store_both_start(tmp_path):
 
 def test_second_driver_names_the_one_holding_the_lock(tmp_path, capsys):
     spec, results = spec_file(tmp_path), tmp_path / "r"
-    held = sweep.take_lock(results / "guard" / "sweep.lock")
+    held = preflight.take_lock(results / "guard" / "sweep.lock")
     try:
         line = refused(capsys, spec, "--results-dir", results, "--dry-run",
                        needles=["another sweep of this spec on this results dir is running",
