@@ -1,7 +1,8 @@
 """benchmarks/gpu_check.py, the script run once on a new GPU machine, run here on CPU at --tiny sizes.
 
 It gets one run on a GPU, by someone with a tight budget, so what can break must break here first.
-The fast tests run it as a user does (a subprocess): every item kind, the fast-vs-readable
+One --tiny run as a user does it (a subprocess; ~40 s, so in make test-slow, which .ci/run runs)
+checks every item kind, the fast-vs-readable
 agreement, 2 gloo DDP ranks, the budget, the exit codes, and the report against its own JSON,
 with ``--compile-backend eager`` (dynamo's capture and graph breaks without inductor's minutes of
 C++ code generation on 2 cores: a cold inductor compile of one thin GSF ResNet-50 took 39 s for
@@ -65,6 +66,7 @@ def items(data) -> dict:
     return {i["name"]: i for i in data["items"]}
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 def test_every_selected_item_ran_ok(tiny_run, gc):
     proc, data, md, seconds = tiny_run
     by_name = items(data)
@@ -83,6 +85,7 @@ def test_every_selected_item_ran_ok(tiny_run, gc):
     assert "**Failed:**" not in md and "FAILED" not in md
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 def test_times_are_positive_and_tsn_is_the_unit(tiny_run):
     _, data, _, _ = tiny_run
     records = [r for i in data["items"] if i["status"] == "ok" for r in (i["results"] or {}).get("records", [])]
@@ -105,6 +108,7 @@ def test_times_are_positive_and_tsn_is_the_unit(tiny_run):
     assert params["TSM"] == params["TSN"] < params["GSM"] < params["GSF"]
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 def test_report_shows_the_json_numbers_and_table12(tiny_run, gc):
     _, data, md, _ = tiny_run
     assert "| paper, Table 12 | Titan V | 12.40 | 7.59 | 1.63 |" in md
@@ -126,6 +130,7 @@ def test_report_shows_the_json_numbers_and_table12(tiny_run, gc):
     assert "| **resnet50** | **eager or compiled** |" in md and "| **bninception** | **eager or compiled** |" in md
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 def test_fast_and_readable_gsf_agree_on_cpu(tiny_run):
     _, data, md, _ = tiny_run
     for backbone in ("resnet50", "bninception"):
@@ -144,6 +149,7 @@ def test_fast_and_readable_gsf_agree_on_cpu(tiny_run):
     assert "**Recommendation:** impl=\"auto\" on cpu should pick" in md
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 def test_ddp_runs_two_gloo_ranks(tiny_run):
     _, data, md, _ = tiny_run
     ddp = items(data)["ddp-gsf-resnet50"]["results"]
@@ -277,6 +283,7 @@ def test_tiny_default_with_inductor_fits_five_minutes(tmp_path):
     assert data["imported_forbidden"] == []
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 def test_the_training_loop_item_runs_the_harness_fit(tiny_run):
     """harness.train.fit as a trial runs it: one epoch of 4 steps of 2 clips, 8 validation clips,
     its throughput and the share of the epoch spent waiting for the loader, in the JSON and the md."""
@@ -287,6 +294,7 @@ def test_the_training_loop_item_runs_the_harness_fit(tiny_run):
     assert f"{r['train_clips_per_s']:.1f} training clips/s, waiting for the loader {100 * r['data_wait_fraction']:.0f}%" in md
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 def test_frame_decoding_item_times_the_cpu_side_and_says_why_not_cuda(tiny_run):
     """data.decode: cuda is timed where CUDA is; here the CPU side runs and the CUDA side says why not."""
     _, data, md, _ = tiny_run

@@ -134,6 +134,7 @@ def test_sweep_trains_logs_renders_and_resumes(tmp_path):
     assert pd.read_csv(results / "mini" / "table.csv").equals(table)
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 @pytest.mark.timeout(600)
 def test_failed_trial_exits_1_and_keeps_the_others(tmp_path):
     variants = [
@@ -234,6 +235,7 @@ def test_two_drivers_ctrl_c_and_a_dead_driver(tmp_path):
     assert (table["runs"] == "1/1").all() and table["top1"].notna().all()
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 @pytest.mark.timeout(300)
 def test_gpu_request_on_a_machine_without_one_exits_2(tmp_path):
     variants = [{"name": "TSM", "set": {"model.module": "tsm"}}]

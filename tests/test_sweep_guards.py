@@ -119,6 +119,7 @@ def test_tracking_uri_mlflow_rejects_is_one_line(tmp_path, capsys, monkeypatch, 
             needles=[f"tracking store {uri}: "])
 
 
+@pytest.mark.slow  # make test-slow (.ci/run runs it): make test stays within 8 minutes on 2 cores
 def test_two_drivers_on_a_fresh_store_both_start(tmp_path):
     results = tmp_path / "fresh"
     specs = [spec_file(tmp_path, f"s{i}") for i in range(3)]
