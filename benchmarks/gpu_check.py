@@ -462,7 +462,7 @@ def fit_item(bench: "Bench") -> dict:
     torch.manual_seed(0)
     epochs: list[dict] = []
     t0 = time.monotonic()
-    fit(build_model(**cfg.model.model_dump()), cfg, seed=0, device=bench.device, cpus=workers + 1,
+    fit(build_model(cfg.model), cfg, seed=0, device=bench.device, cpus=workers + 1,
         on_epoch=lambda metrics, epoch: epochs.append(metrics))
     (m,) = epochs
     return {"setting": f"GSF ResNet-50, synthetic {size} px, {bench.sizes.frames} frames, batch {batch}, "

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gsf import build_model  # noqa: E402
+from gsf import ModelConfig, build_model  # noqa: E402
 from harness import train  # noqa: E402
 from harness.measure import measure, relative_cost  # noqa: E402
 from harness.spec import TrialConfig, load_spec  # noqa: E402
@@ -43,11 +43,10 @@ def main() -> None:
         return out
 
     torch.manual_seed(trial.seed)
-    model = timed("build", build_model, **cfg.model.model_dump())
+    model = timed("build", build_model, cfg.model)
     if trial.baseline:
         base = next(t for t in spec.trials if t.variant == trial.baseline and t.axes == trial.axes)
-        baseline = build_model(**TrialConfig.model_validate({k: v for k, v in base.config.items() if k != "seed"})
-                               .model.model_dump())
+        baseline = build_model(ModelConfig.model_validate(base.config["model"]))
         timed("latency_x (side by side)", relative_cost, model, baseline, cfg.model.num_frames, cfg.measure)
     timed("params, FLOPs, latency", measure, model, cfg.model.num_frames, cfg.measure)
     evaluate = train.evaluate

@@ -2,8 +2,10 @@
 the backbone and module registries (``gsf.build_model`` builds a release checkpoint's model with
 ``gsf.release`` and every other one with ``build_tsn``: this file imports neither of them).
 
-``ModelConfig`` is the one source of the model's options: ``build_model(**options)`` validates
-its keyword arguments with it, and a spec's ``model`` section is the same model. An option
+``ModelConfig`` is the one source of the model's options: ``build_model(cfg)`` builds one
+(``build_model(**options)`` validates its keyword arguments into one first), and a spec's
+``model`` section is the same model. Its range checks and the backbone's defaults (shift ratio,
+placement) are applied once, when it is validated. An option
 marked ``passed_to: module`` goes to the temporal module, one marked ``backbone`` to the
 backbone builder, each only if its signature names it (``gsf.registry``); setting one that the
 module or backbone does not take is an error, not a silently dropped value.
@@ -17,13 +19,15 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_serializer,
+                      model_validator)
 from torch import nn
 
 from .backbones import bninception, inception_v3, resnet  # noqa: F401 (each registers its backbones)
 from .backbones.timm_models import TIMM_PREFIX  # importing it registers the timm/ prefix
 from .modules import GSF  # noqa: F401 (gsf.py and shift.py register the modules)
-from .registry import NO_MODULE, RESERVED_OPTIONS, did_you_mean, get_backbone, get_module, module_options
+from .registry import (NO_MODULE, RESERVED_OPTIONS, check_shift_ratio, did_you_mean, get_backbone, get_module,
+                       module_options)
 
 NO_WEIGHTS = "none"  # model.pretrained: random initialisation, on purpose
 
@@ -47,7 +51,8 @@ class ModelConfig(BaseModel):
     num_frames: int = Field(8, ge=1, le=256, description="frames per clip (T)")
     shift_ratio: float | None = Field(
         None, json_schema_extra=_to(MODULE),
-        description="fraction of channels gated/shifted/fused, in (0, 1]; None: the backbone's default")
+        description="fraction of channels gated/shifted/fused, in (0, 1]; unset: the backbone's default, filled in "
+        "when the config is validated (a release_checkpoint's file decides it instead)")
     gating: Literal["learned"] | Annotated[float, Field(ge=-1, le=1)] = Field(
         "learned", json_schema_extra=_to(MODULE),
         description='"learned", or a fixed gate in [-1, 1] (1: TSM-like, -1: TDN-like, 0: TSN)')
@@ -61,7 +66,7 @@ class ModelConfig(BaseModel):
     placement: str | None = Field(
         None, json_schema_extra=_to(BACKBONE),
         description="where the module goes: one of the backbone's placements, or a glob over its module "
-                    "names (timm/...); None: the backbone's default")
+                    "names (timm/...); unset: the backbone's default, filled in when the config is validated")
     num_blocks: int | None = Field(None, ge=0, le=1000, json_schema_extra=_to(BACKBONE),
                                    description="only the last N blocks (matches) get a module (None: all)")
     pretrained: str | None = Field(None, json_schema_extra=_to(BACKBONE),
@@ -106,8 +111,8 @@ class ModelConfig(BaseModel):
     @field_validator("shift_ratio")
     @classmethod
     def _ratio(cls, v: float | None, info: ValidationInfo) -> float | None:
-        if v is not None and not 0.0 < v <= 1.0:
-            raise ValueError(f"shift_ratio must be in (0, 1], got {v}")
+        if v is not None:
+            check_shift_ratio(v)
         return _module_takes(v, info)
 
     _common = field_validator("gating", "fusion")(lambda cls, v, info: _module_takes(v, info))
@@ -163,6 +168,31 @@ class ModelConfig(BaseModel):
                                  f"allowed: {', '.join(allowed) or 'none'}")
         return v
 
+    # The options ``_backbone_defaults`` filled in (the caller left them unset).
+    _defaulted: tuple[str, ...] = PrivateAttr(())
+
+    @model_validator(mode="after")
+    def _backbone_defaults(self, info: ValidationInfo) -> "ModelConfig":
+        """``shift_ratio`` and ``placement`` left unset take the backbone's registered defaults here,
+        once, so that a trial's config, its hash and its MLflow params hold the values the model
+        uses. Not for a release checkpoint, whose file decides them, nor for an option the module or
+        backbone does not take (nor placement without a module), nor for a partial (a spec's base)."""
+        if _partial(info) or self.release_checkpoint is not None:
+            return self
+        backbone, skip = get_backbone(self.backbone), self.not_applicable()
+        defaults = {"shift_ratio": backbone.default_shift_ratio,
+                    "placement": backbone.default_placement if self.module != NO_MODULE else None}  # TSN: nowhere
+        filled = tuple(k for k, v in defaults.items() if getattr(self, k) is None and k not in skip and v is not None)
+        for key in filled:
+            setattr(self, key, defaults[key])
+        self._defaulted = filled
+        return self
+
+    def as_set(self) -> dict[str, Any]:
+        """The dump with the defaults this config filled in left unset again: what a config
+        written before they were filled in (2026-12-07) recorded, to find its runs by."""
+        return {**self.model_dump(mode="json"), **dict.fromkeys(self._defaulted)}
+
     @model_serializer(mode="wrap")
     def _only_what_applies(self, handler):
         """A dump (a trial's config, its hash, its MLflow params) holds only the options this module
@@ -184,18 +214,18 @@ class ModelConfig(BaseModel):
 
     def module_kwargs(self) -> dict[str, Any]:
         """The keyword arguments the module gets: the common options it takes, and ``module_options``."""
-        shift_ratio = self.shift_ratio if self.shift_ratio is not None else get_backbone(self.backbone).default_shift_ratio
-        common = {k: getattr(self, k) for k in _fields(MODULE)} | {"shift_ratio": shift_ratio}
+        common = {k: getattr(self, k) for k in _fields(MODULE)}
         taken = self.takes(MODULE)
         # An option left None is not passed: the module's own default applies.
         return {k: v for k, v in common.items() if (taken is None or k in taken) and v is not None} | self.module_options
 
     def backbone_kwargs(self, pretrained: bool = True) -> dict[str, Any]:
         """The keyword arguments the backbone builder gets (after ``insert``)."""
-        backbone = get_backbone(self.backbone)
-        placement = self.placement or backbone.default_placement
-        if self.module != NO_MODULE:
-            placement = backbone.check_placement(self.placement)
+        placement, backbone = self.placement, get_backbone(self.backbone)
+        if self.module != NO_MODULE:  # a backbone without a default needs one set
+            placement = backbone.check_placement(placement)
+        elif placement is None:  # no module: the placement places nothing, but the builder needs one of its words
+            placement = backbone.default_placement
         values = {"placement": placement, "num_blocks": self.num_blocks,
                   "pretrained": self.pretrained if pretrained and self.pretrained != NO_WEIGHTS else None,
                   "width_mult": self.width_mult,
@@ -291,25 +321,31 @@ def build_tsn(cfg: ModelConfig, pretrained: bool = True) -> TSN:
     return TSN(features, cfg.num_classes, cfg.num_frames, cfg.dropout)
 
 
+_BUILD_ERRORS: dict[str, str | None] = {}  # a config's JSON -> why it does not build (None: it does)
+
+
 def check_buildable(cfg: ModelConfig) -> None:
     """Build ``cfg``'s model on the meta device (no memory, no weights read): a ValueError for what
     only building tells (num_blocks beyond the backbone's blocks, a glob that matches nothing, a
     module refusing its channels), before any trial starts. A release checkpoint's model is what
-    its file holds: the trial reads it."""
+    its file holds: the trial reads it. Each config is built once per process (grids repeat rows)."""
     if cfg.release_checkpoint is not None:
         return
-    _check_buildable(json.dumps(cfg.model_dump(mode="json"), sort_keys=True))
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    if blob not in _BUILD_ERRORS:
+        _BUILD_ERRORS[blob] = _build_error(cfg)
+    if _BUILD_ERRORS[blob] is not None:
+        raise ValueError(_BUILD_ERRORS[blob])
 
 
-@lru_cache(maxsize=256)
-def _check_buildable(blob: str) -> None:
-    cfg = ModelConfig.model_validate(json.loads(blob))
+def _build_error(cfg: ModelConfig) -> str | None:
     try:
         with torch.device("meta"):
             build_tsn(cfg, pretrained=False)
     except (ValueError, TypeError) as e:
-        raise ValueError(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__) from None
+        return str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     except Exception as e:  # noqa: BLE001 (code that cannot run on the meta device: the trial builds it for real)
         warnings.warn(f"model check skipped: {cfg.backbone} with module {cfg.module!r} does not build on torch's "
                       f"meta device ({type(e).__name__}: {e}); its trial builds it for real and fails there if it "
-                      "cannot", stacklevel=2)
+                      "cannot", stacklevel=3)
+    return None

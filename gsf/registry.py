@@ -34,6 +34,13 @@ NO_MODULE = "none"  # the plain TSN: nothing inserted
 # Set by the backbone where the module's input is a fresh activation, never by a spec.
 RESERVED_OPTIONS = ("inplace",)
 
+
+def check_shift_ratio(value: float, what: str = "shift_ratio") -> float:
+    """The one range of a shift ratio, (0, 1]: the config, a backbone's default and GSF itself check it here."""
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{what} must be in (0, 1], got {value}")
+    return value
+
 _MODULES: dict[str, Callable[..., nn.Module]] = {}
 _BACKBONES: dict[str, "Backbone"] = {}
 _PREFIXES: dict[str, "_Prefix"] = {}
@@ -106,8 +113,7 @@ def register_backbone(name: str, placements: tuple[str, ...] | list[str] | None 
     if placements is not None and default_placement is not None and default_placement not in placements:
         raise ValueError(f"register_backbone({name!r}): default_placement {default_placement!r} "
                          f"is not one of {placements}")
-    if not 0.0 < default_shift_ratio <= 1.0:
-        raise ValueError(f"register_backbone({name!r}): default_shift_ratio must be in (0, 1]")
+    check_shift_ratio(default_shift_ratio, f"register_backbone({name!r}): default_shift_ratio")
 
     def register(build):
         _add(_BACKBONES, name, Backbone(name, build, placements, default_placement, default_shift_ratio), "backbone")

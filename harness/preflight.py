@@ -33,16 +33,7 @@ def load(args) -> Spec:
     if not isinstance(raw, dict) or raw.get("name") is not None or NAME.fullmatch(path.stem):
         return load_spec(path, args.profile)
     name = safe_name(path.stem)
-    # load_spec names a spec after its file: it reads this one through a link of the derived name
-    # (its folder, where the spec's imports are found, is still the real file's).
-    with tempfile.TemporaryDirectory(prefix="gsf-spec-") as tmp:
-        link = Path(tmp) / f"{name}.yaml"
-        link.symlink_to(path.resolve())
-        try:
-            spec = load_spec(link, args.profile)
-        except SpecError as e:
-            raise SpecError(str(e).replace(str(link), str(path))) from None
-    spec.path = path
+    spec = load_spec(path, args.profile, default_name=name)
     print(f"{path}: the file name {path.stem!r} cannot name a results folder; this sweep is named {name!r} "
           f"(set name: in the spec to choose another)", flush=True)
     return spec
@@ -273,6 +264,22 @@ def code_changed(spec: Spec, todo, by_config: dict[str, list[Any]], measure_only
     shown = sorted(files)[:6] + (["..."] if len(files) > 6 else [])
     return (f"{len(again)} trial{'s' if len(again) != 1 else ''} re-run: model code changed since their runs"
             + (f" ({', '.join(shown)})" if shown else ""))
+
+
+def defaults_filled(todo, by_config: dict[str, list[Any]], measure_only: bool, shown: int = 8) -> str:
+    """The line naming the finished runs that trials no longer match because their config now holds
+    the backbone's default shift_ratio / placement where it used to hold None (2026-12-07, the
+    README's changes): they re-run, and say which run each one replaces; "" when none."""
+    again = [(t, run) for t in todo if t.key_before_defaults != t.config_key
+             and pick_runs(by_config, t.config_key, measure_only) is None
+             and (run := pick_runs(by_config, t.key_before_defaults, measure_only)) is not None]
+    if not again:
+        return ""
+    named = ", ".join(f"{t.label} (run {run.info.run_id[:8]})" for t, run in again[:shown])
+    more = f" and {len(again) - shown} more" if len(again) > shown else ""
+    return (f"{len(again)} trial{'s' if len(again) != 1 else ''} re-run: their configs now record the backbone's "
+            f"default shift_ratio/placement, which their finished runs left unset (README: changes, 2026-12-07), "
+            f"so these runs no longer match: {named}{more}")
 
 
 def choose_resources(args, spec: Spec, todo, nodes: list[dict[str, float]]) -> None:

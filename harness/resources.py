@@ -148,7 +148,7 @@ def cpu_estimate(config: dict[str, Any], measure_only: bool, threads: int | None
     cfg = TrialConfig.model_validate({k: v for k, v in config.items() if k != "seed"})
     size = cfg.measure.input_size if measure_only else cfg.data.crop_size
     torch.manual_seed(0)
-    model = build_model(**cfg.model.model_dump())
+    model = build_model(cfg.model)
     x = torch.randn(1, cfg.model.num_frames, 3, size, size)
     step, forward = [], []
     for _ in range(2):

@@ -309,13 +309,21 @@ class Trial:
     baseline_model: dict[str, Any] | None = None  # the baseline variant's model at this grid point
     code: str = ""  # digest of the code that defines the model (usercode.code_sources)
     user_modules: tuple[str, ...] = ()  # the user's modules in that code (none: gsf alone)
+    defaulted: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # model options the config filled in (ModelConfig
+    # ._defaulted), of the model and of the baseline model
     hash: str = field(init=False)  # the trial's identity: config, baseline model and code
     config_key: str = field(init=False)  # the same without the code: finds runs of older code
+    key_before_defaults: str = field(init=False)  # config_key as written before 2026-12-07, when the
+    # backbone's defaults were left unset in the config (None): finds the runs it no longer matches
 
     def __post_init__(self):
         key = {"config": _what_it_computes(self.config), "baseline_model": self.baseline_model}
         object.__setattr__(self, "config_key", config_hash(key))
         object.__setattr__(self, "hash", config_hash({**key, "code": self.code}))
+        mine, baseline = self.defaulted
+        before = {"config": _what_it_computes({**self.config, "model": _unset(self.config["model"], mine)}),
+                  "baseline_model": _unset(self.baseline_model, baseline)}
+        object.__setattr__(self, "key_before_defaults", config_hash(before))
 
     @property
     def label(self) -> str:
@@ -372,6 +380,10 @@ def _what_it_computes(config: dict[str, Any]) -> dict[str, Any]:
         if key in out.get(section, {}) and out[section][key] == default:
             del out[section][key]
     return out
+
+
+def _unset(model: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    return None if model is None else {**model, **dict.fromkeys(keys)}
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -455,12 +467,11 @@ def _merge(base: dict, override: dict) -> dict:
 PATH_KEYS = (("data", "root"), ("model", "pretrained"))
 
 
-# model.pretrained: "imagenet" is the file ``python -m harness.prepare weights BACKBONE`` writes.
-IMAGENET_WEIGHTS = "data/weights/{}_imagenet.pth"
-
-
 def imagenet_weights(backbone: str) -> str:
-    return IMAGENET_WEIGHTS.format(backbone.replace("/", "_"))
+    """model.pretrained: "imagenet": the file ``python -m harness.prepare weights BACKBONE`` writes."""
+    from harness.prepare.weights import weights_path
+
+    return str(weights_path(backbone))
 
 
 def absolute_paths(config: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -476,10 +487,12 @@ def absolute_paths(config: dict[str, Any], base: Path) -> dict[str, Any]:
     return config
 
 
-def load_spec(path: str | Path, profile: str | None = None, cwd: str | Path | None = None) -> Spec:
+def load_spec(path: str | Path, profile: str | None = None, cwd: str | Path | None = None,
+              default_name: str | None = None) -> Spec:
     """Read, validate and expand ``path``; ``profile`` defaults to ``smoke`` when the spec has one.
     Relative data and weight paths (``PATH_KEYS``) resolve against ``cwd``, by default the
-    directory the command runs in."""
+    directory the command runs in. A spec without ``name:`` is named ``default_name``, by default
+    its file's name."""
     cwd = Path(cwd or Path.cwd()).resolve()
     path = Path(path)
     if not path.is_file():
@@ -491,7 +504,7 @@ def load_spec(path: str | Path, profile: str | None = None, cwd: str | Path | No
         spec = SpecFile.model_validate(raw)
     except ValidationError as e:
         raise SpecError(_pydantic_message(path, "", e, SpecFile)) from None
-    name = spec.name if spec.name is not None else path.stem
+    name = spec.name if spec.name is not None else default_name or path.stem
     if not NAME.fullmatch(name):
         source = "name" if spec.name is not None else "name (the file name, as the spec sets none)"
         raise SpecError(f"{path}: {source}: {name!r} names a folder of the results dir, so it may hold only letters, "
@@ -542,7 +555,7 @@ def load_spec(path: str | Path, profile: str | None = None, cwd: str | Path | No
             raise SpecError(f"{path}: grid.axes.{key}: needs at least one value")
         _no_repeats(path, f"grid.axes.{key}", values)
     _no_repeats(path, "seeds", spec.seeds)
-    points = []  # (variant, axes, resolved config)
+    points = []  # (variant, axes, resolved config, the model options it filled in)
     for i, variant in enumerate(variants):
         for combo in itertools.product(*spec.grid.axes.values()):
             point = copy.deepcopy(base)
@@ -562,15 +575,18 @@ def load_spec(path: str | Path, profile: str | None = None, cwd: str | Path | No
                 raise SpecError(_pydantic_message(path, where, e, TrialConfig)) from None
             except ValueError as e:
                 raise SpecError(f"{path}: {where}: model: {e}") from None
-            points.append((variant, axes, absolute_paths(resolved.model_dump(mode="json"), cwd)))
-    model_at = {(v.name, json.dumps(axes, sort_keys=True)): config["model"] for v, axes, config in points}
+            points.append((variant, axes, absolute_paths(resolved.model_dump(mode="json"), cwd),
+                           resolved.model._defaulted))
+    model_at = {(v.name, json.dumps(axes, sort_keys=True)): (config["model"], filled)
+                for v, axes, config, filled in points}
     trials, declared = [], []
-    for variant, axes, config in points:
-        baseline_model = model_at[variant.baseline, json.dumps(axes, sort_keys=True)] if variant.baseline else None
+    for variant, axes, config, filled in points:
+        baseline_model, baseline_filled = (model_at[variant.baseline, json.dumps(axes, sort_keys=True)]
+                                           if variant.baseline else (None, ()))
         mine, code = code_of(config["model"], baseline_model)
         for seed in spec.seeds:
             trials.append(Trial({**copy.deepcopy(config), "seed": seed}, variant.name, axes, seed, variant.paper_row,
-                                variant.baseline, baseline_model, code, mine))
+                                variant.baseline, baseline_model, code, mine, (filled, baseline_filled)))
             declared.append({**variant.set, **axes})
     first: dict[str, int] = {}
     for j, trial in enumerate(trials):

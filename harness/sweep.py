@@ -107,7 +107,7 @@ class Plan:
     stale: int
     finished: dict[str, list[Any]]
     todo: list
-    code_changed: str
+    rerun: str  # why trials with finished runs of the same config re-run (code changed, defaults filled in)
 
 
 @dataclass
@@ -187,13 +187,14 @@ def _before_trials(args) -> Plan:
     todo = [t for t in spec.trials if preflight.pick_runs(finished, t.hash, args.measure_only) is None]
     preflight.check_release_checkpoints(spec, todo)
     by_config = {} if args.fresh else tracking.finished_trials(client, spec.name, "config_key")
-    code_changed = preflight.code_changed(spec, todo, by_config, args.measure_only)
+    rerun = "\n".join(filter(None, [preflight.code_changed(spec, todo, by_config, args.measure_only),
+                                     preflight.defaults_filled(todo, by_config, args.measure_only)]))
     problems = [] if args.measure_only else preflight.check_weights(spec, todo)  # measuring needs no weights
     if not args.measure_only and not args.cluster:
         problems += preflight.check_data(spec, todo)  # on a cluster, on every node once Ray is up (check_nodes)
     if problems:
         raise SpecError("\n".join(problems))
-    return Plan(spec, results_dir, lock, uri, store, client, stale, finished, todo, code_changed)
+    return Plan(spec, results_dir, lock, uri, store, client, stale, finished, todo, rerun)
 
 
 def _announce(plan: Plan, args) -> tuple[str, dict]:
@@ -202,8 +203,8 @@ def _announce(plan: Plan, args) -> tuple[str, dict]:
     from harness import storage
 
     spec, todo = plan.spec, plan.todo
-    if plan.code_changed:
-        print(plan.code_changed, flush=True)
+    if plan.rerun:
+        print(plan.rerun, flush=True)
     if plan.stale:
         print(f"closed {plan.stale} run(s) left RUNNING by an earlier driver of this results dir as KILLED", flush=True)
     evaluate_only = all(t.config["train"]["epochs"] == 0 for t in spec.trials)  # train.epochs: 0

@@ -179,10 +179,10 @@ def _run(job, cfg, seed, device, run: TrialRun | NoRun, meta: dict, work: Path, 
         run.log_metrics({"top1": math.nan})  # not evaluated yet; first, so that MLflow's compare page plots it
     try:
         torch.manual_seed(seed)
-        options = cfg.model.model_dump()
+        model_cfg = cfg.model
         if job["measure_only"]:  # params, FLOPs and latency do not depend on the weights: no file needed
-            options["pretrained"] = None
-        model = build_model(**options).to(device)
+            model_cfg = model_cfg.model_copy(update={"pretrained": None})
+        model = build_model(model_cfg).to(device)
         measured = _measure(job, cfg, model, device) if group.lead else {}  # rank 0 measures
         metrics = {k: v for k, v in measured.items() if isinstance(v, (int, float))}
         run.log_metrics(metrics)
@@ -214,8 +214,7 @@ def _measure(job, cfg, model, device) -> dict[str, float | str]:
     if job.get("baseline_model") and cfg.measure.latency:
         # First, while neither model has run: the fvcore trace or timed train steps of one
         # model alone left it ~5% slower against a fresh baseline (allocator state).
-        base_cfg = type(cfg.model).model_validate(job["baseline_model"])
-        baseline = build_model(**base_cfg.model_dump()).to(device)
+        baseline = build_model(type(cfg.model).model_validate(job["baseline_model"])).to(device)
         measured.update(relative_cost(model, baseline, cfg.model.num_frames, cfg.measure))
         del baseline
     measured.update(measure(model, cfg.model.num_frames, cfg.measure))

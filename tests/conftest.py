@@ -46,4 +46,4 @@ def seeded_model(cfg) -> torch.nn.Module:
     from gsf import build_model
 
     torch.manual_seed(0)
-    return build_model(**cfg.model.model_dump())
+    return build_model(cfg.model)

@@ -175,7 +175,7 @@ def first_step_losses(seed: int = 0) -> tuple[float, float]:
 
     cfg = TrialConfig.model_validate(TINY)
     torch.manual_seed(seed)
-    model = build_model(**cfg.model.model_dump()).train()
+    model = build_model(cfg.model).train()
     train, _ = build_datasets(cfg.data, num_frames=4, seed=seed)
     batch = list(AugmentedSampler(len(train), 16, seed * 1000 + 1))[:16]
     clips = model_input(torch.stack([train[i][0] for i in batch]), torch.device("cpu"), "imagenet")
@@ -224,7 +224,7 @@ def test_two_gloo_workers_train_the_trial_one_worker_trains(tmp_path):
     torch.manual_seed(0)
     from gsf import build_model
 
-    fit(build_model(**cfg.model.model_dump()), cfg, seed=0, device=torch.device("cpu"),
+    fit(build_model(cfg.model), cfg, seed=0, device=torch.device("cpu"),
         on_epoch=lambda m, e: one.append(m))
     assert [m["train_steps"] for m in one] == [4, 4] and [m["val_clips"] for m in one] == [31, 31]
     assert one[0]["loss_first_step"] == pytest.approx(whole, rel=1e-4)

@@ -83,10 +83,10 @@ class ReadsItsWeights(nn.Module):
 
 
 def test_a_module_the_meta_device_cannot_build_is_checked_by_its_trial_and_says_so(registered):
-    from gsf.model import ModelConfig, _check_buildable, check_buildable
+    from gsf.model import _BUILD_ERRORS, ModelConfig, check_buildable
 
     register_module("reads_weights")(ReadsItsWeights)
-    _check_buildable.cache_clear()
+    _BUILD_ERRORS.clear()
     cfg = ModelConfig(backbone="resnet18", width_mult=0.125, module="reads_weights", num_classes=3, num_frames=4)
     with pytest.warns(UserWarning, match=r"model check skipped: resnet18 with module 'reads_weights' does not build "
                                          r"on torch's meta device \(.*\); its trial builds it for real"):

@@ -108,7 +108,7 @@ def test_evaluation_only_trial_evaluates_the_model_as_built(tmp_path):
 
     cfg = TrialConfig.model_validate({k: v for k, v in config.items() if k != "seed"})
     torch.manual_seed(3)
-    model = build_model(**cfg.model.model_dump())
+    model = build_model(cfg.model)
     _, val = build_datasets(cfg.data, num_frames=2, seed=3)
     loader = torch.utils.data.DataLoader(val, batch_size=4)
     expected = evaluate(model, loader, torch.device("cpu"), False, record_gates=False)

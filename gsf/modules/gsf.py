@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import register_module
+from ..registry import check_shift_ratio, register_module
 from . import _gsf_fast
 from ._impl import check_impl, use_fast
 
@@ -185,8 +185,7 @@ def gsm(channels: int, num_frames: int, shift_ratio: float = 1.0, gating: str | 
 def processed_channels(channels: int, shift_ratio: float, layout: str = "paper") -> int:
     """Channels a GSF with ``shift_ratio`` processes: the nearest even count, at least 2; with
     ``layout="release"`` the release's count (``release_processed_channels``)."""
-    if not 0.0 < shift_ratio <= 1.0:
-        raise ValueError(f"shift_ratio must be in (0, 1], got {shift_ratio}")
+    check_shift_ratio(shift_ratio)
     if layout == "release":
         return release_processed_channels(channels, shift_ratio)
     return min(channels - channels % 2, max(2, 2 * round(channels * shift_ratio / 2)))

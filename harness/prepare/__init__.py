@@ -37,11 +37,12 @@ def data_command(dataset: str, root: Path, media: str = "frames") -> str:
 
 def weights_command(path: Path) -> str | None:
     """The command that writes the weights file ``path``, if it is one ``weights`` writes."""
-    name = Path(path).name
-    if not name.endswith("_imagenet.pth"):
+    from harness.prepare.weights import DEFAULT_OUT, TIMM, name_of
+
+    backbone = name_of(path)
+    if backbone is None:
         return None
-    backbone = name.removesuffix("_imagenet.pth")
-    out = _out(Path(path).parent, "data/weights")
-    if backbone.startswith("timm_"):  # timm's own file, which the user fetches: nothing here downloads it
-        return f"python -m harness.prepare weights timm/{backbone.removeprefix('timm_')} --from PATH/TO/model.safetensors{out}"
+    out = _out(Path(path).parent, DEFAULT_OUT)
+    if backbone.startswith(TIMM):  # timm's own file, which the user fetches: nothing here downloads it
+        return f"python -m harness.prepare weights {backbone} --from PATH/TO/model.safetensors{out}"
     return f"python -m harness.prepare weights {backbone}{out}"

@@ -148,9 +148,21 @@ class WeightsError(ValueError):
 
 # --- the public interface (harness.prepare.__main__ and the sweep's checks) ----------------------
 
+SUFFIX = "_imagenet.pth"  # the one naming rule of the files ``weights`` writes
+
+
 def weights_path(name: str, out: str | os.PathLike = DEFAULT_OUT) -> Path:
-    """Where ``weights NAME`` writes: ``<out>/<name>_imagenet.pth``."""
-    return Path(out) / f"{name.replace('/', '_')}_imagenet.pth"
+    """Where ``weights NAME`` writes: ``<out>/<name>_imagenet.pth`` (``timm/x``: ``timm_x_imagenet.pth``)."""
+    return Path(out) / f"{name.replace('/', '_')}{SUFFIX}"
+
+
+def name_of(path: str | os.PathLike) -> str | None:
+    """The NAME whose ``weights NAME`` writes ``path`` (``weights_path``'s inverse); None: not such a file."""
+    file = Path(path).name
+    if not file.endswith(SUFFIX):
+        return None
+    name = file.removesuffix(SUFFIX)
+    return TIMM + name.removeprefix("timm_") if name.startswith("timm_") else name
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
