@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -77,13 +79,28 @@ def start_ray(args, spec: Spec, todo) -> None:
         ray.init(address=args.cluster, **quiet)
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), **quiet)
+        context = ray.get_runtime_context()
+        _watch_driver(os.path.join(context.get_temp_dir(), context.get_session_name()))
     for handler in logging.getLogger("ray").handlers:
-        handler.addFilter(OneLine())
+        if not any(isinstance(f, OneLine) for f in handler.filters):  # once, however often Ray starts
+            handler.addFilter(OneLine())
     try:
         choose_resources(args, spec, todo, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
     except SpecError:
-        ray.shutdown()
+        stop_ray()
         raise
+
+
+_REAPER: subprocess.Popen | None = None
+
+
+def _watch_driver(session_dir: str) -> None:
+    """Start ``harness/ray_reaper.py``: if this driver dies without stopping Ray (SIGKILL), it ends
+    the Ray processes that would outlive it (the dashboard and runtime-env agents, by minutes)."""
+    global _REAPER
+    _REAPER = subprocess.Popen([sys.executable, str(Path(__file__).with_name("ray_reaper.py")), str(os.getpid()),
+                                session_dir], start_new_session=True, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 class OneLine:
@@ -110,8 +127,14 @@ class OneLine:
 
 
 def stop_ray() -> None:
+    """Stop Ray, and the watcher that would have stopped it had this driver died (``_watch_driver``)."""
+    global _REAPER
     import ray
 
+    if _REAPER is not None:
+        _REAPER.terminate()
+        _REAPER.wait()
+        _REAPER = None
     ray.shutdown()
 
 

@@ -201,10 +201,12 @@ def close_children(client: MlflowClient, parent_run_id: str, status: str = "KILL
 
 
 def run_to_continue(client: MlflowClient, experiment: str, trial_hash: str, parent_run_id: str | None,
-                    checkpoint_run_id: str | None) -> str | None:
+                    checkpoint_run_id: str | None, measure_only: str = "False") -> str | None:
     """The run a trial starting now continues: this sweep's run of the trial (an earlier attempt,
     lost with its node or failed), else the unfinished run its checkpoint was written by (a
-    sweep stopped or killed earlier, whose runs the next driver closed as KILLED); else None."""
+    sweep stopped or killed earlier, whose runs the next driver closed as KILLED); without a
+    checkpoint, the trial's newest run if an earlier driver left it KILLED or FAILED before any
+    epoch (killed before the first checkpoint: nothing to resume, but one run per trial); else None."""
     if parent_run_id:
         runs = client.search_runs([experiment], f"tags.trial_hash = '{trial_hash}' and "
                                   f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
@@ -219,6 +221,12 @@ def run_to_continue(client: MlflowClient, experiment: str, trial_hash: str, pare
         if (run.info.experiment_id == experiment and run.data.tags.get("trial_hash") == trial_hash
                 and run.info.status != "FINISHED"):
             return checkpoint_run_id
+        return None
+    newest = client.search_runs([experiment], f"tags.trial_hash = '{trial_hash}' and tags.kind = 'trial'",
+                                order_by=["attributes.start_time DESC"], max_results=1)
+    if (newest and newest[0].info.status in ("KILLED", "FAILED") and newest[0].data.tags.get("measure_only") == measure_only
+            and not client.get_metric_history(newest[0].info.run_id, "train_loss")):
+        return newest[0].info.run_id
     return None
 
 
@@ -250,7 +258,8 @@ class TrialRun:
         all_tags = {"kind": "trial", "spec": spec_name, **tags}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        self.run_id = run_to_continue(self.client, exp, tags["trial_hash"], parent_run_id, checkpoint_run_id)
+        self.run_id = run_to_continue(self.client, exp, tags["trial_hash"], parent_run_id, checkpoint_run_id,
+                                      tags.get("measure_only", "False"))
         self.earlier: dict[str, str] = {}
         if self.run_id is None:
             self.run_id = self.client.create_run(exp, run_name=run_name, tags=all_tags).info.run_id

@@ -93,3 +93,35 @@ def test_a_trial_lost_mid_run_continues_its_own_run(tmp_path, found_by):
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == [1, 2]
     uninterrupted = run_trial(_job(tmp_path, "c.db"))
     assert again["top1"] == uninterrupted["top1"] and again["train_loss"] == uninterrupted["train_loss"]
+
+
+def test_a_trial_killed_before_its_first_checkpoint_continues_its_own_run(tmp_path):
+    """A driver killed (SIGKILL) before a trial's first checkpoint leaves its run RUNNING, and the
+    next driver closes it as KILLED: the re-run, under a new sweep and without a checkpoint,
+    continues that run, so the trial has one run (a FAILED one too). A run with epochs it cannot
+    resume is left alone."""
+    job = _job(tmp_path, "a.db")
+    client = MlflowClient(job["tracking_uri"])
+    exp = client.create_experiment("rerun")
+
+    def killed_at_epoch_1(metrics, checkpoint_dir=None):
+        if metrics.get("epoch") == 1:
+            raise NodeLost
+    job["parent_run_id"] = client.create_run(exp, tags={"kind": "sweep"}).info.run_id
+    with pytest.raises(NodeLost):
+        run_trial(job, report=killed_at_epoch_1)
+    (first,) = [r for r in _trial_runs(job["tracking_uri"]) if r.data.tags.get("kind") == "trial"]
+    client.set_terminated(first.info.run_id, "KILLED")
+    job["parent_run_id"] = client.create_run(exp, tags={"kind": "sweep"}).info.run_id  # the next driver's sweep
+    again = run_trial(job)
+    runs = [r for r in _trial_runs(job["tracking_uri"]) if r.data.tags.get("kind") == "trial"]
+    assert [r.info.run_id for r in runs] == [first.info.run_id], "the same run, not a new one beside it"
+    assert runs[0].info.status == "FINISHED" and runs[0].data.metrics["top1"] == again["top1"]
+    assert runs[0].data.tags["attempt"] == "2" and runs[0].data.tags["mlflow.parentRunId"] == job["parent_run_id"]
+    assert sorted(m.step for m in client.get_metric_history(first.info.run_id, "train_loss")) == [1, 2]
+
+    # Its epochs are in the run but no checkpoint holds them: a new run, not a second epoch 1.
+    client.set_terminated(first.info.run_id, "KILLED")
+    job["parent_run_id"] = client.create_run(exp, tags={"kind": "sweep"}).info.run_id
+    run_trial(job)
+    assert len([r for r in _trial_runs(job["tracking_uri"]) if r.data.tags.get("kind") == "trial"]) == 2
