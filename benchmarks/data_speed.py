@@ -294,24 +294,18 @@ def prepare_videos(cfg: dict | None, gops: list[int], data: Path, candidates: bo
         return out
     root = Path(cfg["root"])
     lines = (root / cfg["train_list"]).read_text().splitlines()
-    chosen = dict(extract.X264)
     runs = [(f"gop {gop}", gop, {}, True) for gop in gops]
     runs += [(name, 8, options, note) for name, options, note in ENCODING_CANDIDATES] if candidates else []
     for name, gop, options, note in runs:
         folder = data / ("prepared-" + "".join(c if c.isalnum() else "-" for c in name))
-        extract.X264.clear()
-        extract.X264.update({k: v for k, v in {**chosen, **options}.items() if v is not None})
-        try:
-            listed = []
-            for line in lines:
-                path, label = line.rsplit(None, 1)
-                target = folder / "videos" / Path(path).name
-                if not target.is_file():
-                    extract.reencode(root / path, target, extract.Size(short_side=256), gop=gop)
-                listed.append(f"videos/{Path(path).name} {label}\n")
-        finally:
-            extract.X264.clear()
-            extract.X264.update(chosen)
+        x264 = {k: v for k, v in {**extract.X264, **options}.items() if v is not None}  # None: the option undone
+        listed = []
+        for line in lines:
+            path, label = line.rsplit(None, 1)
+            target = folder / "videos" / Path(path).name
+            if not target.is_file():
+                extract.reencode(root / path, target, extract.Size(short_side=256), gop=gop, x264=x264)
+            listed.append(f"videos/{Path(path).name} {label}\n")
         (folder / "list.txt").write_text("".join(listed))
         (folder / "categories.txt").write_text((root / cfg["categories"]).read_text())
         out[name] = {**cfg, "root": str(folder), "train_list": "list.txt", "val_list": "list.txt", "note": note}

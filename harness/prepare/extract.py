@@ -112,9 +112,10 @@ def extract_frames(video: Path, folder: Path, template: str, size: Size, quality
 X264 = {"crf": "23", "preset": "fast", "tune": "fastdecode", "bf": "0"}
 
 
-def reencode(video: Path, path: Path, size: Size, gop: int = 8) -> int:
+def reencode(video: Path, path: Path, size: Size, gop: int = 8, x264: dict[str, str] | None = None) -> int:
     """Re-encode ``video`` as ``path`` (H.264 in MP4, ``size``, a keyframe every ``gop`` frames,
-    every frame kept at the source's average rate); returns the frame count. Why: a clip's 8
+    every frame kept at the source's average rate, ``x264``'s options, by default ``X264``);
+    returns the frame count. Why: a clip's 8
     frames spread over a video with one keyframe (FFmpeg's default, what the Kinetics crawler
     writes) can only be reached by decoding nearly every frame before the last; with a keyframe
     every ``gop`` frames, the seeking decoder decodes at most ``gop`` frames per clip frame.
@@ -142,7 +143,8 @@ def reencode(video: Path, path: Path, size: Size, gop: int = 8) -> int:
                         stream.pix_fmt = "yuv420p"
                         # A keyframe every gop frames exactly (none at scene cuts), which the
                         # file's note tells the loader, so it need not scan the packets for them.
-                        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", **X264}
+                        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0",
+                                          **(X264 if x264 is None else x264)}
                         out.metadata["comment"] = PREPARED_NOTE.format(gop)
                         stream.codec_context.thread_count = 1  # one process per core already
                     image = frame.reformat(width=stream.width, height=stream.height, format="yuv420p",
