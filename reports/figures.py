@@ -11,7 +11,8 @@ and the MLflow store, so every figure is one command.
   "true / baseline's most frequent prediction".
 - ``plot_fig8``: the histogram of tanh gate values per GSF layer, bottom layer at the bottom.
 - ``plot_fig9``: top-1 against GFLOPs, marker area proportional to parameters; ours and the
-  paper's in separate panels (a thin CPU smoke model and a full network share no scale).
+  paper's same rows in separate panels (a thin CPU smoke model and a full network share no
+  scale), GFLOPs from 0 and labels spread apart so that neither noise nor names pile up.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from reports.render import cell  # noqa: E402  (the table's rounding, so the figure's numbers read the same)
 
 OURS, PAPER = "#1f77b4", "#ff7f0e"
 
@@ -100,9 +103,9 @@ def plot_table(table: pd.DataFrame, path: Path, title: str, labels: list[str], p
             rows = np.arange(len(table))
             ax.barh(rows, table["params_M"], 0.6, color=OURS)
             for r in rows:
-                text = f"{table.at[r, 'params_M']:.3f} M"
+                text = f"{cell('params_M', table.at[r, 'params_M'])} M"
                 if "GFLOPs" in table.columns and pd.notna(table.at[r, "GFLOPs"]):
-                    text += f", {table.at[r, 'GFLOPs']:.3g} GFLOPs"
+                    text += f", {cell('GFLOPs', table.at[r, 'GFLOPs'])} GFLOPs"
                 ax.text(table.at[r, "params_M"], r, " " + text, va="center", fontsize=7)
             ax.set_yticks(rows, labels, fontsize=8)
             ax.invert_yaxis()
@@ -205,51 +208,85 @@ def plot_fig8(gates: dict, path: Path, row: str, seeds: int) -> Path:
 # --- Fig. 9 -------------------------------------------------------------------------------------
 
 
-def plot_fig9(points: pd.DataFrame, path: Path, reference: pd.DataFrame | None = None) -> Path:
-    """``points``: one row per table row: sweep, label, top1, GFLOPs, params_M and, where the paper
-    has them, paper_top1, paper_GFLOPs, paper_params_M. ``reference``: more paper points
-    (label, top1, GFLOPs, params_M), e.g. its GSF models of Table 8, drawn in grey."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+def spread(ys: list[float], gap: float) -> list[float]:
+    """Label heights near ``ys`` at least ``gap`` apart, in the same order: overlapping labels are
+    merged into blocks centred on their points (so a label moves no further than its block needs)."""
+    blocks: list[tuple[float, list[int]]] = []  # (lowest height, members bottom to top)
+    for i in sorted(range(len(ys)), key=lambda i: ys[i]):
+        blocks.append((ys[i], [i]))
+        while len(blocks) > 1 and blocks[-2][0] + len(blocks[-2][1]) * gap > blocks[-1][0]:
+            members = blocks[-2][1] + blocks[-1][1]
+            blocks[-2:] = [(sum(ys[m] for m in members) / len(members) - (len(members) - 1) * gap / 2, members)]
+    out = [0.0] * len(ys)
+    for low, members in blocks:
+        for k, m in enumerate(members):
+            out[m] = low + k * gap
+    return out
+
+
+def around(values, floor: float = -math.inf, ceil: float = math.inf, at_least: float = 0.1) -> tuple[float, float]:
+    """Axis limits that show the data without magnifying its noise: the data's span plus a quarter,
+    and never less than ±``at_least`` of its centre (a 2% difference looks like 2%)."""
+    low, high = float(np.min(values)), float(np.max(values))
+    centre = (low + high) / 2
+    half = max((high - low) / 2 * 1.25, abs(centre) * at_least, 1e-9)
+    return max(floor, centre - half), min(ceil, centre + half)
+
+
+def fig9_figure(points: pd.DataFrame):
+    """Fig. 9 as a matplotlib figure (``plot_fig9`` saves it). ``points``: one row per table row:
+    sweep, label, top1, GFLOPs, params_M and, where the paper printed them, paper_top1,
+    paper_GFLOPs, paper_params_M. GFLOPs start at 0, so that sizes compare as ratios."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
     sweeps = list(dict.fromkeys(points["sweep"]))
     colors = {s: plt.cm.tab10(i % 10) for i, s in enumerate(sweeps)}
+    font = 7
 
-    def scatter(ax, frame, top1, gflops, params, title, grey=None):
-        have = frame.dropna(subset=[top1, gflops, params]) if len(frame) else frame
-        extra = grey.dropna(subset=["top1", "GFLOPs", "params_M"]) if grey is not None else None
-        biggest = max([have[params].max() if len(have) else 0] + ([extra["params_M"].max()] if extra is not None
-                                                                  and len(extra) else [0]))
-        scale = 900.0 / biggest if biggest else 1.0
-        if extra is not None and len(extra):
-            ax.scatter(extra["GFLOPs"], extra["top1"], s=extra["params_M"] * scale, color="0.75", alpha=0.6,
-                       edgecolor="0.4", label="paper, GSF models (Table 8)")
-            for _, r in extra.iterrows():
-                ax.annotate(r["label"], (r["GFLOPs"], r["top1"]), fontsize=6, color="0.35",
-                            xytext=(4, -8), textcoords="offset points")
+    def scatter(ax, frame, top1, gflops, params, title, missing):
+        have = frame.dropna(subset=[top1, gflops, params]) if set([top1, gflops, params]) <= set(frame.columns) \
+            else frame.iloc[0:0]
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("top-1 (%)")
+        if not len(have):
+            ax.text(0.5, 0.5, missing, transform=ax.transAxes, ha="center", va="center", fontsize=8, wrap=True)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            return
+        biggest = have[params].max()
+        scale = 900.0 / biggest
         for sweep in sweeps:
             part = have[have["sweep"] == sweep]
-            if not len(part):
-                continue
-            ax.scatter(part[gflops], part[top1], s=part[params] * scale, color=colors[sweep], alpha=0.55,
-                       edgecolor="k", label=sweep)
-            for _, r in part.iterrows():
-                ax.annotate(str(r["label"]), (r[gflops], r[top1]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        ax.set_xlabel(f"GFLOPs per view (multiply-accumulates); marker area ∝ params (largest {biggest:.3g} M)"
-                      if biggest else "GFLOPs per view (multiply-accumulates)", fontsize=8)
-        ax.set_ylabel("top-1 (%)")
-        ax.set_title(title, fontsize=10)
-        ax.margins(0.25)
-        if len(have) or (extra is not None and len(extra)):
-            legend = ax.legend(fontsize=7, loc="best")
-            for handle in legend.legend_handles:
-                handle.set_sizes([40])
-        else:
-            ax.text(0.5, 0.5, "the paper prints no sizes for these rows", transform=ax.transAxes, ha="center")
+            if len(part):
+                ax.scatter(part[gflops], part[top1], s=part[params] * scale, color=colors[sweep], alpha=0.55,
+                           edgecolor="k", label=sweep)
+        ax.set_xlim(0, have[gflops].max() * 1.45)
+        ax.set_ylim(*around(have[top1], 0, 100))
+        ax.set_xlabel(f"GFLOPs per view (multiply-accumulates), from 0; marker area ∝ params (largest "
+                      f"{biggest:.3g} M)", fontsize=8)
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        box = ax.get_position()
+        width, height = box.width * fig.get_figwidth() * 72, box.height * fig.get_figheight() * 72  # points
+        xs = ((have[gflops] - x0) / (x1 - x0)).tolist()
+        ys = spread(((have[top1] - y0) / (y1 - y0)).tolist(), 1.6 * font / height)
+        for (_, r), x, y in zip(have.iterrows(), xs, ys):
+            radius = math.sqrt(r[params] * scale / math.pi)  # points
+            ax.annotate(str(r["label"]), (r[gflops], r[top1]), xytext=(x + (radius + 6) / width, y),
+                        textcoords="axes fraction", fontsize=font, va="center",
+                        color=colors[r["sweep"]] if len(sweeps) > 1 else "k",
+                        arrowprops={"arrowstyle": "-", "color": "0.45", "lw": 0.6, "shrinkA": 1, "shrinkB": radius})
+        legend = ax.legend(fontsize=7, loc="lower left")
+        for handle in legend.legend_handles:
+            handle.set_sizes([40])
 
-    scatter(axes[0], points, "top1", "GFLOPs", "params_M", "ours (this run's profile and benchmark)")
-    paper_cols = {"paper_top1", "paper_GFLOPs", "paper_params_M"}
-    paper = points if paper_cols <= set(points.columns) else points.iloc[0:0].assign(
-        **{c: np.nan for c in paper_cols})
-    scatter(axes[1], paper, "paper_top1", "paper_GFLOPs", "paper_params_M",
-            "the paper (Something-Something V1, 8 frames, 1 clip)", grey=reference)
+    scatter(axes[0], points, "top1", "GFLOPs", "params_M", "ours (this run's profile and benchmark)", "no results")
+    printed = points.dropna(subset=["paper_top1"]) if "paper_top1" in points.columns else points.iloc[0:0]
+    top1 = ", ".join(f"{r['label']} {r['paper_top1']:.2f}" for _, r in printed.iterrows())
+    scatter(axes[1], points, "paper_top1", "paper_GFLOPs", "paper_params_M",
+            "the paper, the same rows (Something-Something V1, 8 frames, 1 clip)",
+            "the paper prints no params or GFLOPs for these rows" + (f"\nits top-1: {top1}" if top1 else ""))
     fig.suptitle("Fig. 9: accuracy against complexity", fontsize=11)
-    return _save(fig, path)
+    return fig
+
+
+def plot_fig9(points: pd.DataFrame, path: Path) -> Path:
+    return _save(fig9_figure(points), path)

@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 
 from reports import figures
-from reports.render import comparability, render_table, row_labels, shared_cpu, table_baseline
+from reports.render import (comparability, left_out, render_table, row_labels, shared_cpu, shown_table,
+                            table_baseline, table_baselines)
 from reports.runs import run_url, runs_frame, runs_view_url, ui_base
 from reports.verdicts import claim_verdicts, judge, kendall_tau, order_text, tau_text
 
@@ -30,7 +31,10 @@ from reports.verdicts import claim_verdicts, judge, kendall_tau, order_text, tau
 # reproduces a reference's numbers exactly only where all of these match it.
 FINGERPRINT_KEYS = ("hw.cpu", "hw.cpu_capability", "hw.threads", "sw.torch", "sw.torch_git")
 SYNTHETIC_MD = Path(__file__).resolve().parent.parent / "docs" / "synthetic.md"
-PAPER_TABLE8 = Path(__file__).resolve().parent / "paper" / "table8_gsf_rows.csv"
+BACKBONES = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50", "resnet101": "ResNet-101",
+             "bninception": "BNInception", "inception_v3": "InceptionV3"}
+DATASETS = {"something-v1": "Something-Something V1", "something-v2": "Something-Something V2",
+            "kinetics400": "Kinetics-400", "diving48": "Diving48"}
 
 
 # --- one sweep ----------------------------------------------------------------------------------
@@ -49,8 +53,12 @@ def report_sweep(spec, client, runs: dict[str, Any], out_dir: str | Path, tracki
     verdicts = claim_verdicts(spec, frame, table)
     tau, tau_rows = kendall_tau(table)
     exp = client.get_experiment_by_name(spec.name)
+    params = [run.data.params for run in runs.values()] or [_flat(t.config) for t in spec.trials]
+    classes = spec.trials[0].config["data"].get("num_classes") if spec.trials else None
     meta = {
         "name": spec.name, "description": spec.description, "profile": spec.profile, "mode": mode,
+        "ran": ran_text(params) if params else "", "baselines": table_baselines(spec), "num_classes": classes,
+        "left_out": list(left_out(table, classes).values()),
         "spec_path": str(spec.path), "tracking_uri": tracking_uri,
         "experiment_id": exp.experiment_id if exp else None,
         "parent_run_id": parent_run_id or _latest_sweep_run(client, exp),  # for the link, when nothing re-ran
@@ -81,6 +89,48 @@ def _latest_sweep_run(client, exp) -> str | None:
     runs = client.search_runs([exp.experiment_id], "tags.kind = 'sweep'", order_by=["attributes.start_time DESC"],
                               max_results=1)
     return runs[0].info.run_id if runs else None
+
+
+def _flat(config: dict) -> dict:
+    """A trial's config as its run's params spell it (``model.backbone``): for rows with no run yet."""
+    return {f"{section}.{k}": v for section, keys in config.items() if isinstance(keys, dict) for k, v in keys.items()}
+
+
+def ran_text(params: list[dict]) -> str:
+    """What the rows ran, read from their runs' params (what the profile resolved to; the spec's
+    description states the paper's setting): backbone and width, initialisation, frames, data.
+    Where rows differ, their values are joined by " / "."""
+    def each(fn) -> str:
+        return " / ".join(dict.fromkeys(fn(p) for p in params))
+
+    def model(p: dict) -> str:
+        name = str(p.get("model.backbone"))
+        width = _number(p.get("model.width_mult"), 1.0)
+        return BACKBONES.get(name, name) + (f" x{width:g}" if width != 1 else "")
+
+    def init(p: dict) -> str:
+        if str(p.get("model.release_checkpoint")) not in ("None", ""):
+            return "the authors' released weights"
+        pretrained = str(p.get("model.pretrained"))
+        return "from scratch" if pretrained in ("None", "", "False") else f"{pretrained}-pretrained".replace(
+            "imagenet", "ImageNet")
+
+    def data(p: dict) -> str:
+        name = str(p.get("data.dataset"))
+        if name == "synthetic":
+            return (f"the synthetic temporal benchmark ({p.get('data.num_classes')} classes, "
+                    f"{p.get('data.frame_size')} px)")
+        return DATASETS.get(name, name)
+
+    return (f"{each(model)} ({each(init)}), {each(lambda p: str(p.get('model.num_frames')))} frames, "
+            f"on {each(data)}")
+
+
+def _number(value, default: float) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
 
 
 def _write_meta(meta: dict, out: Path) -> None:
@@ -230,7 +280,8 @@ def fig8(meta: dict, client, path: Path, row: str | None = None):
 
 
 def fig9(sweeps: list[tuple[dict, pd.DataFrame]], path: Path):
-    """Top-1 against GFLOPs over the rows of one or more sweeps (each: its meta and table)."""
+    """Top-1 against GFLOPs over the rows of one or more sweeps (each: its meta and table); the
+    paper's panel shows the same rows, where the paper printed their sizes."""
     frames = []
     for meta, table in sweeps:
         if not {"top1", "GFLOPs", "params_M"} <= set(table.columns):
@@ -242,21 +293,15 @@ def fig9(sweeps: list[tuple[dict, pd.DataFrame]], path: Path):
         frames.append(part)
     if not frames:
         return None
-    points = pd.concat(frames, ignore_index=True)
-    reference = None
-    if PAPER_TABLE8.is_file():
-        t8 = pd.read_csv(PAPER_TABLE8)
-        t8 = t8[(t8["frames"] == 8) & (t8["clips"] == 1)]
-        reference = pd.DataFrame({"label": "GSF " + t8["backbone"], "top1": t8["top1_ssv1"],
-                                  "GFLOPs": t8["GFLOPs_per_view"], "params_M": t8["params_M"]})
-    return figures.plot_fig9(points, path, reference)
+    return figures.plot_fig9(pd.concat(frames, ignore_index=True), path)
 
 
 # --- console ------------------------------------------------------------------------------------
 
 
 def console_lines(meta: dict) -> list[str]:
-    lines = []
+    lines = [f"Ran ({meta['profile'] or '-'} profile): {meta['ran']}"] if meta.get("ran") else []
+    lines += meta.get("left_out", [])
     if meta["verdicts"]:
         lines.append("Claims (top-1 difference, 95% interval):")
         lines += [f"  {v['summary']}" for v in meta["verdicts"]]
@@ -268,7 +313,7 @@ def console_lines(meta: dict) -> list[str]:
     hw = hardware_note(meta)
     if hw:
         lines.append(hw)
-    if meta["shared_cpu"] > 1:
+    elif meta["shared_cpu"] > 1:
         lines.append(f"latency_ms† was timed with up to {meta['shared_cpu']} trials sharing the CPU: read latency_x.")
     return lines
 
@@ -283,9 +328,10 @@ def reference_machines(path: Path = SYNTHETIC_MD) -> list[dict[str, str]]:
 
 
 def hardware_note(meta: dict, refs: list[dict[str, str]] | None = None) -> str:
-    """For sweeps on the synthetic benchmark: do our runs share a machine docs/synthetic.md gives
-    numbers for, on every mark that changes the digits (``FINGERPRINT_KEYS``)? Only then are its
-    numbers said to reproduce exactly; a reference that lacks a mark never matches."""
+    """For sweeps on the synthetic benchmark, what reproduces and what does not: top-1 digits only
+    where our runs share a machine docs/synthetic.md gives numbers for, on every mark that changes
+    them (``FINGERPRINT_KEYS``; a reference that lacks a mark never matches); params and GFLOPs
+    anywhere (they are counted); latency nowhere exactly (it is timed), least on a shared CPU."""
     if meta.get("dataset") != "synthetic" or not meta.get("fingerprints"):
         return ""
     refs = reference_machines() if refs is None else refs
@@ -293,16 +339,21 @@ def hardware_note(meta: dict, refs: list[dict[str, str]] | None = None) -> str:
         return ""
     ours = meta["fingerprints"]
     desc = "; ".join(", ".join(f"{k}={fp.get(k, '?')}" for k in FINGERPRINT_KEYS) for fp in ours)
+    shared = meta.get("shared_cpu", 1)
+    rest = ("params_M and GFLOPs are counted, the same on any machine. Latency is timed and does not reproduce: "
+            + (f"up to {shared} trials shared this CPU, so latency_ms† is not even comparable between rows; "
+               f"read latency_x (timed side by side)." if shared > 1 else "compare rows through latency_x."))
     for ref in refs:
         if all(fp.get(k) == ref.get(k) for fp in ours for k in FINGERPRINT_KEYS):
-            return (f"Hardware: these runs ({desc}) match docs/synthetic.md's reference {ref.get('ref.name', '')!r} "
-                    f"on every mark: its numbers should reproduce exactly.")
+            return (f"Reproducibility: these runs ({desc}) match docs/synthetic.md's reference "
+                    f"{ref.get('ref.name', '')!r} on every mark, so its top-1 digits (and the verdicts on them) "
+                    f"should reproduce exactly. {rest}")
     closest = max(refs, key=lambda ref: sum(ours[0].get(k) == ref.get(k) for k in FINGERPRINT_KEYS))
     differ = [f"{k} {ours[0].get(k, '?')} vs {closest.get(k, 'not recorded')}" for k in FINGERPRINT_KEYS
               if any(fp.get(k) != closest.get(k) for fp in ours)]
-    return (f"Hardware: these runs ({desc}) match none of docs/synthetic.md's reference machines (closest: "
+    return (f"Reproducibility: these runs ({desc}) match none of docs/synthetic.md's reference machines (closest: "
             f"{closest.get('ref.name', '?')!r}, which differs in {'; '.join(differ)}): the same code and seeds "
-            f"give other digits on other kernels; compare spreads and verdicts, not digits.")
+            f"give other top-1 digits on other kernels; compare spreads and verdicts, not digits. {rest}")
 
 
 # --- the index page -----------------------------------------------------------------------------
@@ -331,7 +382,7 @@ table{border-collapse:collapse;font-size:13px;margin:.6em 0}td,th{border:1px sol
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.holds{color:#1a7f37;font-weight:600}
 .reversed{color:#cf222e;font-weight:600}.unresolved{color:#9a6700;font-weight:600}.note{font-size:13px;color:#444}
 img{max-width:100%;border:1px solid #ddd;margin:.4em 0}.sweep{border-top:2px solid #888;margin-top:1.6em}
-code{background:#f6f6f6;padding:0 3px}.hw{background:#fff8c5;padding:4px 8px}"""
+code{background:#f6f6f6;padding:0 3px}.hw{background:#fff8c5;padding:4px 8px}.ran{font-size:17px;margin:.2em 0}"""
 
 
 def _verdict_html(v: dict) -> str:
@@ -344,13 +395,12 @@ def _verdict_html(v: dict) -> str:
 
 def _table_html(meta: dict, table: pd.DataFrame, base: str) -> str:
     exp = meta.get("experiment_id")
-    shown = table.copy()
-    marks = {c: f"{c}†" for c in ("latency_ms", "latency_p90_ms", "train_step_ms")} if meta.get("shared_cpu", 1) > 1 else {}
+    shown, _ = shown_table(table, _baselines(meta), meta.get("shared_cpu", 1), meta.get("num_classes"))
     rows = meta["rows"]
-    head = "".join(f"<th>{html.escape(marks.get(c, c))}</th>" for c in shown.columns) + "<th>MLflow runs</th>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in shown.columns) + "<th>MLflow runs</th>"
     body = []
     for i, (_, r) in enumerate(shown.iterrows()):
-        cells = "".join(f"<td>{_cell(v)}</td>" for v in r)
+        cells = "".join(f"<td>{html.escape(v)}</td>" for v in r)
         links = ""
         if i < len(rows) and exp:
             links = " ".join(f'<a href="{html.escape(run_url(base, exp, x["run_id"]))}">seed {x["seed"]}</a>'
@@ -359,15 +409,14 @@ def _table_html(meta: dict, table: pd.DataFrame, base: str) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _baselines(meta: dict) -> list[str]:
+    """The baseline rows' variants (a sweep.json older than ``baselines`` names one)."""
+    return meta.get("baselines") or ([meta["baseline"]] if meta.get("baseline") else [])
+
+
 def _code(text: str) -> str:
     """Markdown `code` spans as HTML, the rest escaped."""
     return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
-
-
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.2f}" if abs(v) >= 0.1 or v == 0 else f"{v:.4f}"
-    return html.escape(str(v))
 
 
 def write_index(results_dir: str | Path, base: str | None = None) -> Path:
@@ -384,8 +433,13 @@ def write_index(results_dir: str | Path, base: str | None = None) -> Path:
         rel = folder.name
         exp = meta.get("experiment_id")
         parts.append(f'<div class="sweep"><h2 id="{html.escape(rel)}">{html.escape(meta["name"])}</h2>')
-        parts.append(f'<p>{html.escape(meta["description"])}<br><span class="note">profile <code>'
-                     f'{html.escape(meta["profile"] or "-")}</code>, {html.escape(meta.get("mode") or "")}, '
+        profile = html.escape(meta["profile"] or "-")
+        if meta.get("ran"):
+            parts.append(f'<p class="ran">Ran: <b>{html.escape(meta["ran"])}</b> (profile <code>{profile}</code>)</p>')
+        spec_note = (" <span class='note'>(the paper's setting, which the <code>paper</code> profile runs)</span>"
+                     if meta.get("ran") and meta["profile"] != "paper" else "")
+        parts.append(f'<p>Spec: {html.escape(meta["description"])}{spec_note}<br><span class="note">profile <code>'
+                     f'{profile}</code>, {html.escape(meta.get("mode") or "")}, '
                      f'rendered {html.escape(meta["generated"])}.')
         if exp:
             parts.append(f' <a href="{html.escape(runs_view_url(ui, exp, None))}">MLflow experiment</a>')
@@ -408,7 +462,8 @@ def write_index(results_dir: str | Path, base: str | None = None) -> Path:
                          f"Paper: {html.escape(meta['order_paper'])}.</p>")
         if len(table):
             parts.append("<h3>Table</h3>" + _table_html(meta, table, ui))
-        parts.append("<ul class='note'>" + "".join(f"<li>{_code(n)}</li>" for n in meta["notes"].values())
+        dropped = list(left_out(table, meta.get("num_classes")).values()) if len(table) else []
+        parts.append("<ul class='note'>" + "".join(f"<li>{_code(n)}</li>" for n in [*meta["notes"].values(), *dropped])
                      + "</ul>")
         parts.append(f'<p class="note">Files: <a href="{rel}/table.md">table.md</a> <a href="{rel}/table.csv">'
                      f'table.csv</a> <a href="{rel}/table.tex">table.tex</a> <a href="{rel}/verdicts.csv">'

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from gsf import GSF, build_model
 from gsf.model import effective_module
 from harness.gates import GateRecorder
 from harness.spec import SpecError, load_spec
-from reports import figures, report
+from reports import figures, render, report
 from reports.runs import readable
 from reports.verdicts import claim_verdicts, judge, kendall_tau, seeds_to_resolve
 
@@ -352,8 +353,8 @@ def test_exact_reproduction_is_claimed_only_where_every_mark_matches_a_reference
     refs = report.reference_machines(doc)
     assert [r["ref.name"] for r in refs] == ["here", "other kernels"] and refs[0]["hw.cpu"] == marks["hw.cpu"]
     meta = {"dataset": "synthetic", "fingerprints": [marks]}
-    assert "match docs/synthetic.md's reference 'here' on every mark: its numbers should reproduce exactly" in \
-        report.hardware_note(meta, refs)
+    assert "match docs/synthetic.md's reference 'here' on every mark, so its top-1 digits (and the verdicts on " \
+        "them) should reproduce exactly" in report.hardware_note(meta, refs)
     # the same CPU name with other kernels: no claim, and what differs is said
     note = report.hardware_note(meta, refs[1:])
     assert "reproduce exactly" not in note and "match none" in note
@@ -362,3 +363,145 @@ def test_exact_reproduction_is_claimed_only_where_every_mark_matches_a_reference
     for other in ({**marks, "hw.threads": "7"}, {**marks, "sw.torch_git": "?"}):
         assert "reproduce exactly" not in report.hardware_note({**meta, "fingerprints": [marks, other]}, refs)
     assert report.hardware_note({"dataset": "something-v1", "fingerprints": [marks]}, refs) == ""
+
+
+# --- what the report page and the printed table show (issue 22) ----------------------------------
+
+T5_TOP1 = {"GSF": [80.4, 91.4, 81.2], "GSM": [82.2, 77.0, 79.6], "TSM": [92.2, 75.8, 91.8],
+           "TDN": [83.2, 63.8, 85.6], "TSN": [50.4, 45.0, 47.0]}
+T5_SIZE = {"GSF": (0.710924, 0.048879), "GSM": (0.710924, 0.048879)}  # the rest: (0.704396, 0.048035)
+
+
+class _NoStore:
+    """An MLflow client with no experiment and no artifacts: the report from the runs alone."""
+
+    def get_experiment_by_name(self, name):
+        return None
+
+    def download_artifacts(self, run_id, path, dst):
+        raise OSError("no artifacts")
+
+
+def _t5_report(tmp_path: Path) -> tuple[dict, Path]:
+    """Table 5's smoke sweep reported from stand-in runs with its real sizes and timings; their
+    params are what the profile resolved to, as harness.tracking logs them (strings)."""
+    spec = load_spec(ROOT / "ablations" / "table5_components.yaml", "smoke")
+    runs = {}
+    for t in spec.trials:
+        params_m, gflops = T5_SIZE.get(t.variant, (0.704396, 0.048035))
+        metrics = {"top1": T5_TOP1[t.variant][t.seed], "top5": 100.0 - 0.2 * (t.seed == 1), "params_M": params_m,
+                   "GFLOPs": gflops, "latency_ms": {"GSF": 9.9, "GSM": 8.4}.get(t.variant, 4.7) + t.seed}
+        if t.baseline:
+            metrics["latency_x"] = 1.5
+        params = {f"{section}.{k}": str(v) for section, keys in t.config.items() if isinstance(keys, dict)
+                  for k, v in keys.items()}
+        tags = {"cpu_shared_by": "2", "hw.cpu": "X", "hw.cpu_capability": "AVX2", "hw.threads": "1",
+                "sw.torch": "2", "sw.torch_git": "g"}
+        runs[t.hash] = SimpleNamespace(info=SimpleNamespace(run_id=f"{t.variant}{t.seed}"),
+                                       data=SimpleNamespace(metrics=metrics, params=params, tags=tags))
+    out = tmp_path / "results" / spec.name
+    meta = report.report_sweep(spec, _NoStore(), runs, out, "sqlite:///none.db", mode="train + measure")
+    return meta, out
+
+
+def test_report_names_what_ran_marks_the_baseline_and_gives_size_ratios(tmp_path):
+    meta, out = _t5_report(tmp_path)
+    ran = "ResNet-18 x0.25 (from scratch), 8 frames, on the synthetic temporal benchmark (12 classes, 40 px)"
+    assert meta["ran"] == ran and "BNInception" in meta["description"]
+    assert meta["lines"][0] == f"Ran (smoke profile): {ran}"
+    table = pd.read_csv(out / "table.csv").set_index("variant")
+    assert list(table.columns[table.columns.get_loc("params_M"):][:4]) == ["params_M", "params_x", "GFLOPs", "gflops_x"]
+    assert table.loc["GSF", "params_x"] == pytest.approx(0.710924 / 0.704396)
+    assert table.loc["GSF", "gflops_x"] == pytest.approx(0.048879 / 0.048035)
+    assert (table.loc["TSN", ["params_x", "gflops_x", "latency_x"]] == 1.0).all(), "the baseline's own ratios"
+    assert table.loc["TSM", "latency_x"] == 1.5, "the trials' side-by-side timing is kept"
+    md = (out / "table.md").read_text().split("\n\n")[0]  # what the sweep prints
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in md.splitlines()[2:]}
+    assert md.splitlines()[0].split("|")[5:12] == ["   params_M ", "   params_x ", "   GFLOPs ", "   gflops_x ",
+                                                   "   latency_ms† ", "   latency_x ", "   paper_top1 "]
+    assert cells["TSN (baseline)"] == ["3/3", "47.5", "2.7", "0.704", "1.00", "0.0480", "1.00", "5.70", "1.00", "17.25"]
+    assert cells["GSF"] == ["3/3", "84.3", "6.1", "0.711", "1.01", "0.0489", "1.02", "10.9", "1.50", "48.44"]
+    page = report.write_index(out.parent).read_text()
+    assert f"Ran: <b>{ran}</b>" in page and "Spec: Table 5 — GSF&#x27;s components" in page
+    assert "<td>TSN (baseline)</td>" in page and "<td>0.0489</td><td>1.02</td>" in page
+    paper = [{"model.backbone": b, "model.pretrained": "imagenet", "model.num_frames": "8",
+              "data.dataset": "something-v1"} for b in ("bninception", "resnet50", "bninception")]
+    assert report.ran_text(paper) == "BNInception / ResNet-50 (ImageNet-pretrained), 8 frames, on Something-Something V1"
+
+
+def test_one_rounding_rule_for_page_markdown_and_console(tmp_path):
+    cases = {("top1", 84.3333): "84.3", ("top1_std", 6.1289): "6.1", ("GFLOPs", 0.048879): "0.0489",
+             ("GFLOPs", 16.4612): "16.46", ("params_M", 0.710924): "0.711", ("params_M", 23.97): "23.97",
+             ("latency_ms†", 9.934): "9.93", ("latency_ms", 123.4): "123", ("gflops_x", 1.01757): "1.02",
+             ("paper_top1", 48.44): "48.44", ("shift_ratio", 0.125): "0.125", ("num_blocks", np.int64(4)): "4",
+             ("latency_x", float("nan")): "", ("variant", "GSF"): "GSF"}
+    assert {key: render.cell(*key) for key in cases} == cases
+    meta, out = _t5_report(tmp_path)
+    md = (out / "table.md").read_text()
+    page = report.write_index(out.parent).read_text()
+    for text in ("0.0489", "84.3", "0.704"):  # GSF's GFLOPs, its top-1, TSN's params
+        assert f" {text} " in md and f"<td>{text}</td>" in page
+    assert "0.05 " not in md and "0.0488" not in page and "84.33" not in md + page
+
+
+def test_columns_that_carry_nothing_are_left_out_with_a_footnote(tmp_path):
+    table = pd.DataFrame({"variant": ["A", "B"], "top1": [60.0, 70.0], "top5": [99.8, 100.0], "top5_std": [0.2, 0.0],
+                          "params_M": [1.0, 1.0], "GFLOPs": [2.0, 2.1]})
+    assert render.left_out(table, 12) == {
+        "top5": "top5 is left out: 99.8–100.0 in every row (12 classes), saturated; table.csv keeps it.",
+        "params_M": "params_M is left out: 1.00 in every row."}
+    shown, notes = render.shown_table(table, num_classes=12)
+    assert list(shown.columns) == ["variant", "top1", "GFLOPs"] and len(notes) == 2
+    assert "top5" in render.left_out(table.assign(top5=[80.0, 90.0]), 5), "5 classes: top-5 is 100 by construction"
+    assert "top5" not in render.left_out(table.assign(top5=[80.0, 90.0]), 12)
+    meta, out = _t5_report(tmp_path)
+    md = (out / "table.md").read_text()
+    assert "top5" not in md.split("\n\n")[0] and "- top5 is left out: 99.9 in every row (12 classes), saturated" in md
+    assert "top5 is left out" in " ".join(meta["lines"])
+    assert "<li>top5 is left out: 99.9 in every row" in report.write_index(out.parent).read_text()
+
+
+def test_fig9_labels_apart_cost_from_zero_and_the_papers_same_rows():
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Annotation, Text
+
+    paper = pd.read_csv(ROOT / "reports" / "paper" / "table2_bninception_shift_ratio.csv")
+    points = pd.DataFrame({"sweep": "t2", "label": [f"{p:g}%" for p in paper["shift_percent"]],
+                           "top1": [80.0, 80.2, 80.1, 80.3, 80.25], "GFLOPs": [0.0480, 0.0481, 0.0482, 0.0484, 0.0489],
+                           "params_M": 0.70, "paper_top1": paper["top1"], "paper_GFLOPs": paper["GFLOPs"],
+                           "paper_params_M": paper["params_M"]})
+    fig = figures.fig9_figure(points)
+    fig.tight_layout()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ours, theirs = fig.axes[:2]
+    for ax in (ours, theirs):
+        labels = [t for t in ax.texts if isinstance(t, Annotation)]
+        assert sorted(t.get_text() for t in labels) == sorted(points["label"]), "the table's own rows, no Table 8"
+        boxes = [Text.get_window_extent(t, renderer) for t in labels]  # the words, not the leader line
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), "labels collide"
+        assert ax.get_xlim()[0] == 0, "GFLOPs start at 0: a 2% difference looks like 2%"
+        low, high = ax.get_ylim()
+        assert high - low >= 0.2 * (low + high) / 2, "top-1 spans at least ±10% around the data"
+    plt.close(fig)
+    fig = figures.fig9_figure(points.drop(columns=["paper_GFLOPs", "paper_params_M"]))
+    message = " ".join(t.get_text() for t in fig.axes[1].texts)
+    assert message == "the paper prints no params or GFLOPs for these rows\nits top-1: 12.5% 45.62, 25% 47.09, " \
+                      "50% 47.65, 75% 48.14, 100% 48.44"
+    plt.close(fig)
+    block = 1.51 / 3  # the three close labels form one block round their mean
+    assert figures.spread([0.5, 0.51, 0.2, 0.5], 0.05) == pytest.approx([block - 0.05, block + 0.05, 0.2, block])
+
+
+def test_reproducibility_banner_says_what_reproduces_and_what_does_not():
+    marks = {"hw.cpu": "X", "hw.cpu_capability": "AVX2", "hw.threads": "1", "sw.torch": "2", "sw.torch_git": "g"}
+    refs = [{"ref.name": "here", **marks}]
+    meta = {"dataset": "synthetic", "fingerprints": [marks], "shared_cpu": 2}
+    note = report.hardware_note(meta, refs)
+    assert "its top-1 digits (and the verdicts on them) should reproduce exactly" in note
+    assert "its numbers should reproduce exactly" not in note, "latency does not"
+    assert note.endswith("params_M and GFLOPs are counted, the same on any machine. Latency is timed and does not "
+                         "reproduce: up to 2 trials shared this CPU, so latency_ms† is not even comparable between "
+                         "rows; read latency_x (timed side by side).")
+    other = report.hardware_note(meta, [{**refs[0], "hw.cpu_capability": "AVX512"}])
+    assert "reproduce exactly" not in other and "give other top-1 digits" in other and "Latency is timed" in other
