@@ -127,7 +127,8 @@ def test_sweep_trains_logs_renders_and_resumes(tmp_path):
     assert all("latency_x" not in r.data.metrics for r in runs if r.data.tags["variant"] == "TSN")
     by_variant = table.set_index("variant")
     assert by_variant.loc["GSF", "latency_x"] == pytest.approx(sum(ratios) / 2, rel=1e-3)
-    assert pd.isna(by_variant.loc["TSN", "latency_x"])
+    assert by_variant.loc["TSN", "latency_x"] == 1.0, "the baseline's own ratio"
+    assert by_variant.loc["TSN", "params_x"] == 1.0 and by_variant.loc["GSF", "params_x"] > 1.0
 
     # Same spec again: nothing re-runs, the table is rebuilt from MLflow.
     again = _sweep(path, results)
