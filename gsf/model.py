@@ -188,10 +188,11 @@ class ModelConfig(BaseModel):
         self._defaulted = filled
         return self
 
-    def as_set(self) -> dict[str, Any]:
-        """The dump with the defaults this config filled in left unset again: what a config
-        written before they were filled in (2026-12-07) recorded, to find its runs by."""
-        return {**self.model_dump(mode="json"), **dict.fromkeys(self._defaulted)}
+    @property
+    def defaulted(self) -> tuple[str, ...]:
+        """The options this config filled in with the backbone's defaults (the caller left them
+        unset): a config written before 2026-12-07 held None there (``harness.spec.Trial``)."""
+        return self._defaulted
 
     @model_serializer(mode="wrap")
     def _only_what_applies(self, handler):

@@ -309,8 +309,8 @@ class Trial:
     baseline_model: dict[str, Any] | None = None  # the baseline variant's model at this grid point
     code: str = ""  # digest of the code that defines the model (usercode.code_sources)
     user_modules: tuple[str, ...] = ()  # the user's modules in that code (none: gsf alone)
-    defaulted: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # model options the config filled in (ModelConfig
-    # ._defaulted), of the model and of the baseline model
+    # The options ModelConfig filled in with the backbone's defaults (.defaulted): the model's, the baseline's.
+    defaulted: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     hash: str = field(init=False)  # the trial's identity: config, baseline model and code
     config_key: str = field(init=False)  # the same without the code: finds runs of older code
     key_before_defaults: str = field(init=False)  # config_key as written before 2026-12-07, when the
@@ -576,7 +576,7 @@ def load_spec(path: str | Path, profile: str | None = None, cwd: str | Path | No
             except ValueError as e:
                 raise SpecError(f"{path}: {where}: model: {e}") from None
             points.append((variant, axes, absolute_paths(resolved.model_dump(mode="json"), cwd),
-                           resolved.model._defaulted))
+                           resolved.model.defaulted))
     model_at = {(v.name, json.dumps(axes, sort_keys=True)): (config["model"], filled)
                 for v, axes, config, filled in points}
     trials, declared = [], []
