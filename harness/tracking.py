@@ -279,7 +279,7 @@ class TrialRun:
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         ordered = sorted(metrics.items(), key=lambda kv: FIRST_METRICS.index(kv[0]) if kv[0] in FIRST_METRICS else 99)
-        batch = [Metric(k, readable(v), now, step) for k, v in ordered if isinstance(v, (int, float))]
+        batch = [Metric(k, readable(v, k), now, step) for k, v in ordered if isinstance(v, (int, float))]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
 

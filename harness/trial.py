@@ -190,6 +190,8 @@ def _run(job, cfg, seed, device, run: TrialRun | NoRun, meta: dict, work: Path, 
         result = dict(metrics)
         if not job["measure_only"]:
             result.update(_train(job, cfg, seed, device, model, run, meta, work, info, result, report, group))
+        # MLflow's metrics are rounded to what the UI should show (reports.runs.readable); the raw values:
+        run.log_dict({"final": result, "epochs": meta.get("history", [])}, "metrics_raw.json")
     except SystemExit as e:
         # Ray Tune stops a trial by raising SystemExit(0) inside report(): not a failure.
         run.end("KILLED" if e.code in (0, None) else "FAILED")

@@ -16,12 +16,20 @@ MAX_PARAM_LEN = 6000  # the longest param or tag value every MLflow store accept
 DEFAULT_UI = "http://127.0.0.1:5000"
 
 
-def readable(value: float, digits: int = 5) -> float:
-    """``value`` to ``digits`` significant digits (whole numbers exact): what the UI shows.
-    Timings and ratios carry no more precision than that; counts stay exact."""
+def readable(value: float, name: str = "") -> float:
+    """``value`` as MLflow shows the metric ``name``: to the digits that carry information (whole
+    numbers exact). Accuracies and claims' differences in points to 0.01; ratios over the
+    baseline to 0.001; times (``*_ms``, ``*_s``, ``*_per_s``) to 3 significant digits, their
+    noise being a few percent; anything else (sizes, losses) to 4. Trials keep the raw values
+    in their ``metrics_raw.json`` artifact, the report in ``sweep.json``."""
     value = float(value)
     if value.is_integer() or not math.isfinite(value):
         return value
+    if name.startswith(("top", "claim.", "kendall")):
+        return round(value, 2)
+    if name.endswith("_x"):
+        return round(value, 3)
+    digits = 3 if name.endswith(("_ms", "_s")) else 4
     return float(f"{value:.{digits}g}")
 
 
@@ -45,12 +53,17 @@ def ui_base(tracking_uri: str = "") -> str:
     return base.rstrip("/")
 
 
+# MLflow 3's UI takes the layout from the address's workflowType, else from the browser's last
+# choice, and a fresh browser's is GenAI: every link names the classic one.
+CLASSIC = "workflowType=machine_learning"
+
+
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{CLASSIC}"
 
 
 def runs_view_url(base: str, experiment_id: str, key: str | None) -> str:
     """The experiment's runs list in the shared view ``key`` (trials, key columns, best first).
     ``/runs`` itself: the experiment page's redirect drops the view key."""
-    url = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    url = f"{base}/#/experiments/{experiment_id}/runs?{CLASSIC}"
     return url + (f"&viewStateShareKey={key}" if key else "")

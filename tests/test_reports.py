@@ -140,8 +140,8 @@ def test_effective_module_names_what_the_module_computes(model, name):
 
 
 def test_readable_rounds_measurements_and_keeps_counts():
-    assert readable(12.358248999987609) == 12.358
-    assert readable(0.048879104) == 0.048879
+    assert readable(12.358248999987609) == 12.36  # 4 significant digits unless the name says otherwise
+    assert readable(0.048879104) == 0.04888
     assert readable(710924) == 710924 and readable(85.4) == 85.4
 
 
@@ -293,7 +293,7 @@ def _fake_results(tmp_path: Path) -> Path:
 def test_index_links_rows_to_mlflow_runs_and_says_what_compares(tmp_path):
     results = _fake_results(tmp_path)
     page = report.write_index(results, "http://mlflow.example:5000").read_text()
-    assert 'href="http://mlflow.example:5000/#/experiments/7/runs/gsf1"' in page
+    assert 'href="http://mlflow.example:5000/#/experiments/7/runs/gsf1?workflowType=machine_learning"' in page
     assert "viewStateShareKey=v" in page and "latency_ms†" in page
     assert "What compares with the paper" in page and "What does not" in page
     assert "GSF &gt; TSN: +35.00 [+35.00, +35.00] (paired t, 2 seeds) → <span class=\"holds\">holds</span>" in page
