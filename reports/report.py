@@ -49,10 +49,12 @@ def report_sweep(spec, client, runs: dict[str, Any], out_dir: str | Path, tracki
 
     out = Path(out_dir)
     frame = runs_frame(runs)
+    exp = client.get_experiment_by_name(spec.name)
+    if exp is not None:  # the cost ratios (the baseline's 1.0 too) onto the runs and into frame
+        mlflow_ui.log_run_extras(client, spec, frame)
     table = render_table(spec, frame, out)
     verdicts = claim_verdicts(spec, frame, table)
     tau, tau_rows = kendall_tau(table)
-    exp = client.get_experiment_by_name(spec.name)
     params = [run.data.params for run in runs.values()] or [_flat(t.config) for t in spec.trials]
     classes = spec.trials[0].config["data"].get("num_classes") if spec.trials else None
     meta = {
@@ -72,9 +74,8 @@ def report_sweep(spec, client, runs: dict[str, Any], out_dir: str | Path, tracki
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if exp is not None:
-        description = spec.description + ("\n\n" + "\n".join(f"- {v.summary}" for v in verdicts) if verdicts else "")
-        mlflow_ui.describe_experiment(client, exp.experiment_id, description)
-        meta["runs_view"] = mlflow_ui.set_runs_view(client, exp.experiment_id)
+        mlflow_ui.describe_experiment(client, exp.experiment_id, spec.description, meta["verdicts"])
+        meta["runs_view"] = mlflow_ui.set_runs_view(client, exp.experiment_id, spec)
     make_figures(meta, client, out, table)
     _write_meta(meta, out)
     meta["lines"] = console_lines(meta)

@@ -165,8 +165,22 @@ def order_text(table: pd.DataFrame, column: str) -> str:
     return " > ".join(str(v) for v in rows["variant"])
 
 
+# verdicts.csv: what a reader looks for first (MLflow's preview shows four columns), then how it
+# was computed; sweep.json keeps the raw floats.
+VERDICT_COLUMNS = ["claim", "point", "verdict", "diff", "interval", "paper_diff", "n", "method", "seeds_needed", "low",
+                   "high", "better", "worse"]
+
+
 def verdicts_frame(verdicts: list[Verdict]) -> pd.DataFrame:
-    return pd.DataFrame([asdict(v) for v in verdicts])
+    """One row per verdict: differences in points to 0.01, the interval also as text,
+    ``seeds_needed`` as the report words it ('~15 seeds', 'more than 1000 seeds'; empty once
+    resolved); no ``point`` column where the grid has no axes."""
+    frame = pd.DataFrame([asdict(v) for v in verdicts], columns=[c for c in VERDICT_COLUMNS if c != "interval"])
+    numbers = ["diff", "low", "high", "paper_diff"]
+    frame[numbers] = frame[numbers].astype(float).round(2)
+    frame["interval"] = [f"[{lo:+.2f}, {hi:+.2f}]" if lo == lo else "" for lo, hi in zip(frame["low"], frame["high"])]
+    frame["seeds_needed"] = [_needed_text(n) if n == n else "" for n in frame["seeds_needed"].astype(float)]
+    return frame[[c for c in VERDICT_COLUMNS if c != "point" or frame["point"].astype(bool).any()]]
 
 
 def verdicts_markdown(verdicts: list[Verdict], table: pd.DataFrame) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -105,7 +106,8 @@ def test_sweep_trains_logs_renders_and_resumes(tmp_path):
     reported = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/table.md", "report/table.png", "report/verdicts.csv", "report/fig7.png", "report/fig8.png"} <= reported
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "spec")] == ["spec/mini.yaml"]
-    assert exp.tags["mlflow.note.content"].startswith("a tiny Table 5")
+    note = exp.tags["mlflow.note.content"]  # the runs page shows its first line: the verdicts
+    assert note.startswith(f"**Verdicts**: {verdict['verdict'].split(' at ')[0]}: GSF>TSN\n") and "a tiny Table 5" in note
     assert "mlflow.sharedViewState.gsf-harness-trials" in client.get_experiment(exp.experiment_id).tags
     for run in runs:
         assert run.info.status == "FINISHED"
@@ -124,11 +126,16 @@ def test_sweep_trains_logs_renders_and_resumes(tmp_path):
     # GSF's trials timed TSN beside themselves; the table shows their ratio, not one of row medians.
     ratios = [r.data.metrics.get("latency_x") for r in runs if r.data.tags["variant"] == "GSF"]
     assert len(ratios) == 2 and all(0.5 < x < 5 for x in ratios), ratios
-    assert all("latency_x" not in r.data.metrics for r in runs if r.data.tags["variant"] == "TSN")
+    # The baseline's runs carry its own 1.0, and every run its size ratios, for MLflow's columns.
+    tsn, gsf = ([r.data.metrics for r in runs if r.data.tags["variant"] == v] for v in ("TSN", "GSF"))
+    assert all(m["latency_x"] == m["params_x"] == m["gflops_x"] == 1.0 for m in tsn)
+    assert all(m["params_x"] == round(m["params_M"] / tsn[0]["params_M"], 3) > 1 for m in gsf)
     by_variant = table.set_index("variant")
     assert by_variant.loc["GSF", "latency_x"] == pytest.approx(sum(ratios) / 2, rel=1e-3)
     assert by_variant.loc["TSN", "latency_x"] == 1.0, "the baseline's own ratio"
     assert by_variant.loc["TSN", "params_x"] == 1.0 and by_variant.loc["GSF", "params_x"] > 1.0
+    raw = json.loads(Path(client.download_artifacts(runs[0].info.run_id, "metrics_raw.json", str(tmp_path))).read_text())
+    assert raw["final"]["top1"] == pytest.approx(runs[0].data.metrics["top1"], abs=0.005)
 
     # Same spec again: nothing re-runs, the table is rebuilt from MLflow.
     again = _sweep(path, results)
