@@ -90,18 +90,19 @@ def runs_view_state(spec, runs: int = 100) -> dict:
     }
 
 
-FIXED_WIDTHS = {"attributes.`Run Name`": 135, "runDateAndNestInfo": 100}  # the run's name and date
+FIXED_WIDTHS = {"attributes.`Run Name`": 165, "runDateAndNestInfo": 95}  # the run's name and date
 
 
 def _widths(columns: list[str]) -> dict[str, int]:
     """Pixel widths of the runs list's columns (MLflow's own: 190 for the name, 150 for the date,
-    100 for each other): narrow enough that everything but the verdicts fits 1280 px with MLflow's
-    side bar, the verdicts' start too."""
+    100 for each other): a group's name ("Group: GSF 2") whole, a mean's digits before MLflow's
+    "(average)", and top1, two axes, the three ratios and both sizes within 1280 px beside
+    MLflow's side bar."""
     widths = dict(FIXED_WIDTHS)
     for c in columns:
         kind, name = c.split("`")[:2]
         kind = kind.rstrip(".")
-        widths[c] = 300 if name == "verdicts" else 100 if kind == "metrics" else max(72, 7 * len(name) + 14)
+        widths[c] = {"verdicts": 300, "top1": 90}.get(name, 80 if kind == "metrics" else max(72, 7 * len(name) + 14))
     return widths
 
 

@@ -49,6 +49,9 @@ def test_the_shared_view_groups_rows_and_puts_top1_the_axes_and_costs_first():
     assert charts[1]["type"] == "SCATTER" and charts[1]["xaxis"]["key"] == "gflops_x"
     assert {c["metricKey"] for c in charts if c["deleted"]} == {"latency_ms", "latency_p90_ms", "train_step_ms"}
     assert all(not c["isGenerated"] and c["runsCountToCompare"] >= 100 for c in charts)
+    widths = state["columnWidths"]
+    assert sum(widths[c] for c in state["columnOrder"][:10]) <= 1026 - 73  # the table at 1280 px, less checkboxes
+    assert widths["attributes.`Run Name`"] >= 165 and widths["params.`model.gating`"] >= 7 * len("model.gating")
 
 
 def test_grid_axes_are_groups_and_columns(tmp_path):
