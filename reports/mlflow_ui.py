@@ -80,7 +80,7 @@ def runs_view_state(spec, runs: int = 100) -> dict:
         "selectedColumns": columns, "columnWidths": _widths(columns),
         "columnOrder": [*FIXED_WIDTHS, *columns],  # the widths apply to the columns it names
         "groupBy": {"aggregateFunction": "average", "groupByKeys": group} if group else None,
-        # The group of runs without these params (the parent) opens only when asked.
+        # MLflow keeps the group of runs without these params (the sweep's run) closed unless named here.
         "groupsExpanded": {",".join(f"{g['mode']}.{g['groupByData']}" for g in group): True},
         "useGroupedValuesInCharts": False, "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True,
         "compareRunCharts": charts, "isAccordionReordered": True,
@@ -128,12 +128,11 @@ def cost_ratios(spec, frame) -> dict[str, dict[str, float]]:
     grid point) and ``latency_x`` (timed beside the baseline by the trial itself); a baseline
     row's runs get 1.0 for each. ``frame``: ``runs_frame``'s rows."""
     trials = {t.hash: t for t in spec.trials}
-    point = lambda t: (t.variant, json.dumps(t.axes, sort_keys=True, default=str))  # noqa: E731
-    baselines = {(t.baseline, point(t)[1]) for t in spec.trials if t.baseline}
+    baselines = {(t.baseline, _row(t)[1]) for t in spec.trials if t.baseline}
     rows = {}
     for _, r in frame.iterrows():
         if r["trial_hash"] in trials:
-            rows.setdefault(point(trials[r["trial_hash"]]), []).append(r)
+            rows.setdefault(_row(trials[r["trial_hash"]]), []).append(r)
     out = {}
     for key, runs in rows.items():
         for r in runs:
@@ -148,6 +147,11 @@ def cost_ratios(spec, frame) -> dict[str, dict[str, float]]:
     return out
 
 
+def _row(trial) -> tuple[str, str]:
+    """The table row of a trial: its variant and grid point."""
+    return trial.variant, json.dumps(trial.axes, sort_keys=True, default=str)
+
+
 def _mean(rows: list, col: str) -> float:
     values = [float(r[col]) for r in rows if col in r and pd.notna(r[col])]
     return sum(values) / len(values) if values else math.nan
@@ -158,7 +162,7 @@ def log_run_extras(client: MlflowClient, spec, frame) -> None:
     (also put into ``frame``, where the table reads them) and one colour per table row."""
     ratios = cost_ratios(spec, frame)
     trials = {t.hash: t for t in spec.trials}
-    rows: list[tuple] = []
+    rows = list(dict.fromkeys(_row(t) for t in spec.trials))
     now = int(time.time() * 1000)
     for i, r in frame.iterrows():
         new = {k: readable(v, k) for k, v in ratios.get(r["run_id"], {}).items()
@@ -166,12 +170,8 @@ def log_run_extras(client: MlflowClient, spec, frame) -> None:
         for k, v in new.items():
             frame.loc[i, k] = v
         t = trials.get(r["trial_hash"])
-        row = (t.variant, json.dumps(t.axes, sort_keys=True, default=str)) if t else None
-        if row not in rows:
-            rows.append(row)
-        color = COLORS[rows.index(row) % len(COLORS)]
-        client.log_batch(r["run_id"], metrics=[Metric(k, v, now, 0) for k, v in new.items()],
-                         tags=[RunTag("mlflow.runColor", color)])
+        color = [RunTag("mlflow.runColor", COLORS[rows.index(_row(t)) % len(COLORS)])] if t else []
+        client.log_batch(r["run_id"], metrics=[Metric(k, v, now, 0) for k, v in new.items()], tags=color)
 
 
 def log_parent_report(client: MlflowClient, run_id: str, files: list, metrics: dict[str, float],
