@@ -346,9 +346,9 @@ def hardware_note(meta: dict, refs: list[dict[str, str]] | None = None) -> str:
                f"read latency_x (timed side by side)." if shared > 1 else "compare rows through latency_x."))
     for ref in refs:
         if all(fp.get(k) == ref.get(k) for fp in ours for k in FINGERPRINT_KEYS):
-            return (f"Reproducibility: these runs ({desc}) match docs/synthetic.md's reference "
-                    f"{ref.get('ref.name', '')!r} on every mark, so its top-1 digits (and the verdicts on them) "
-                    f"should reproduce exactly. {rest}")
+            return (f"Reproducibility: these runs ({desc}) match docs/synthetic.md's reference machine "
+                    f"{ref.get('ref.name', '')!r} on every mark: there, with this code and these seeds, the top-1 "
+                    f"digits (and the verdicts on them) should reproduce exactly. {rest}")
     closest = max(refs, key=lambda ref: sum(ours[0].get(k) == ref.get(k) for k in FINGERPRINT_KEYS))
     differ = [f"{k} {ours[0].get(k, '?')} vs {closest.get(k, 'not recorded')}" for k in FINGERPRINT_KEYS
               if any(fp.get(k) != closest.get(k) for fp in ours)]

@@ -1,6 +1,7 @@
 """MLflow's UI on a finished tiny sweep, in a real browser (headless Chromium through Playwright):
 the view the sweep prints opens grouped by row with the axes and costs on screen, its charts show
-every run, and the report's link to the sweep's run opens the classic layout with the verdicts.
+every run, the report's link to the sweep's run opens the classic layout with the verdicts, and
+the report page says what ran and marks the baseline.
 Screenshots go to RESULTS/screenshots/. Needs Debian's chromium (.ci/run installs it)."""
 from __future__ import annotations
 
@@ -121,9 +122,15 @@ def test_mlflow_ui_opens_grouped_rows_axes_costs_and_verdicts(tmp_path):
                 page.screenshot(path=shots / "parent_run.png")
                 assert note(page).is_visible(), "the verdicts first in the run's description"
                 assert page.get_by_text("Evaluation runs").count() == 0, "the GenAI layout"
+
+                page.goto((results / "index.html").as_uri())  # the report page: what ran, ratios, the baseline
+                page.screenshot(path=shots / "report.png", full_page=True)
+                assert page.get_by_text("Ran:").first.is_visible() and "ResNet-18 x0.125" in page.inner_text("body")
+                assert page.get_by_role("cell", name="TSN (baseline)").first.is_visible()
+                assert page.get_by_role("columnheader", name="params_x").first.is_visible()
                 browser.close()
         finally:
             server.terminate()
             server.wait(timeout=30)
-    for name in ("view", "charts", "parent_run"):
+    for name in ("view", "charts", "parent_run", "report"):
         assert (shots / f"{name}.png").stat().st_size > 10_000, name

@@ -353,8 +353,8 @@ def test_exact_reproduction_is_claimed_only_where_every_mark_matches_a_reference
     refs = report.reference_machines(doc)
     assert [r["ref.name"] for r in refs] == ["here", "other kernels"] and refs[0]["hw.cpu"] == marks["hw.cpu"]
     meta = {"dataset": "synthetic", "fingerprints": [marks]}
-    assert "match docs/synthetic.md's reference 'here' on every mark, so its top-1 digits (and the verdicts on " \
-        "them) should reproduce exactly" in report.hardware_note(meta, refs)
+    assert "match docs/synthetic.md's reference machine 'here' on every mark: there, with this code and these seeds, " \
+        "the top-1 digits (and the verdicts on them) should reproduce exactly" in report.hardware_note(meta, refs)
     # the same CPU name with other kernels: no claim, and what differs is said
     note = report.hardware_note(meta, refs[1:])
     assert "reproduce exactly" not in note and "match none" in note
@@ -498,7 +498,7 @@ def test_reproducibility_banner_says_what_reproduces_and_what_does_not():
     refs = [{"ref.name": "here", **marks}]
     meta = {"dataset": "synthetic", "fingerprints": [marks], "shared_cpu": 2}
     note = report.hardware_note(meta, refs)
-    assert "its top-1 digits (and the verdicts on them) should reproduce exactly" in note
+    assert "the top-1 digits (and the verdicts on them) should reproduce exactly" in note
     assert "its numbers should reproduce exactly" not in note, "latency does not"
     assert note.endswith("params_M and GFLOPs are counted, the same on any machine. Latency is timed and does not "
                          "reproduce: up to 2 trials shared this CPU, so latency_ms† is not even comparable between "
