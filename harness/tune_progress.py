@@ -10,6 +10,7 @@ import time
 from ray.tune import Callback, Stopper
 
 from harness.trial_outcome import first_line, is_number, lost_node, on_node, trial_error
+from reports.render import cell  # the table's rounding rule, so a number reads the same on every line
 
 
 class Progress(Callback):
@@ -23,7 +24,7 @@ class Progress(Callback):
     def _line(self, trial, status: str, result: dict | None = None, error: str = "") -> None:
         self.done += 1
         r = result or trial.last_result or {}
-        parts = [f"{k} {r[k]:.2f}" for k in ("top1", "params_M", "GFLOPs", "latency_ms") if k in r]
+        parts = [f"{k} {cell(k, r[k])}" for k in ("top1", "params_M", "GFLOPs", "latency_ms") if k in r]
         print(f"[{self.done}/{len(self.jobs)}] {status} {trial.config['job']['label']}: "
               f"{'; '.join(filter(None, [', '.join(parts), error]))} ({time.time() - self.t0:.0f} s)", flush=True)
 
@@ -60,7 +61,7 @@ class Progress(Callback):
                   + f", ETA {_duration(result['eta_s'])}", flush=True)
         elif "epoch" in result and not result.get("final"):
             # top1 only after an epoch that was evaluated (train.eval_every)
-            top1 = f" top1 {result['top1']:.2f}" if is_number(result.get("top1")) else ""
+            top1 = f" top1 {cell('top1', result['top1'])}" if is_number(result.get("top1")) else ""
             print(f"    {label}: epoch {result['epoch']} loss {result.get('train_loss', float('nan')):.3f}{top1}"
                   f"{on_node(result) if self.args.cluster else ''}", flush=True)
 

@@ -301,7 +301,8 @@ def fig9(sweeps: list[tuple[dict, pd.DataFrame]], path: Path):
 
 
 def console_lines(meta: dict) -> list[str]:
-    lines = [f"Ran ({meta['profile'] or '-'} profile): {meta['ran']}"] if meta.get("ran") else []
+    profile = f" ({meta['profile']} profile)" if meta.get("profile") else ""
+    lines = [f"Ran{profile}: {meta['ran']}"] if meta.get("ran") else []
     lines += meta.get("left_out", [])
     if meta["verdicts"]:
         lines.append("Claims (top-1 difference, 95% interval):")

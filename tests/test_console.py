@@ -14,6 +14,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -84,6 +85,10 @@ def test_quiet_console_one_line_per_failure_and_a_derived_name(tmp_path):
     epoch1 = next(line for line in proc.stdout.splitlines() if "good seed=0: epoch 1 " in line)
     epoch2 = next(line for line in proc.stdout.splitlines() if "good seed=0: epoch 2 " in line)
     assert "top1" not in epoch1 and " top1 " in epoch2
+    # the table's rounding rule (reports.render.cell) on every line: top1 to 0.1, as in table.md
+    done = next(line for line in proc.stdout.splitlines() if " done good seed=0: " in line)
+    top1 = pd.read_csv(results / "my_Tabelle_Gro_e" / "table.csv").set_index("variant").loc["good", "top1"]
+    assert f"top1 {top1:.1f}, " in done and f"top1 {top1:.1f}" in epoch2, (done, epoch2, top1)
 
     # the derived name, said once, names the results folder and the MLflow experiment
     said = [line for line in proc.stdout.splitlines() if "cannot name a results folder" in line]

@@ -409,6 +409,7 @@ def test_report_names_what_ran_marks_the_baseline_and_gives_size_ratios(tmp_path
     ran = "ResNet-18 x0.25 (from scratch), 8 frames, on the synthetic temporal benchmark (12 classes, 40 px)"
     assert meta["ran"] == ran and "BNInception" in meta["description"]
     assert meta["lines"][0] == f"Ran (smoke profile): {ran}"
+    assert report.console_lines({**meta, "profile": ""})[0] == f"Ran: {ran}", "a spec without profiles"
     table = pd.read_csv(out / "table.csv").set_index("variant")
     assert list(table.columns[table.columns.get_loc("params_M"):][:4]) == ["params_M", "params_x", "GFLOPs", "gflops_x"]
     assert table.loc["GSF", "params_x"] == pytest.approx(0.710924 / 0.704396)
