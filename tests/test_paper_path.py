@@ -114,6 +114,7 @@ def test_paper_profile_trains_and_evaluates_at_full_size(tmp_path, stem, variant
     assert result["epochs"] == 1 and math.isfinite(result["val_loss"])
     assert result["GFLOPs"] == pytest.approx(gflops, rel=0.015) and result["latency_ms"] > 0
     (run,) = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id])
-    assert run.info.status == "FINISHED" and run.data.metrics["top1"] == result["top1"]
+    shown = run.data.metrics["top1"]  # MLflow shows accuracies to 0.01 (reports.runs.readable)
+    assert run.info.status == "FINISHED" and shown == pytest.approx(result["top1"], abs=0.005)
     assert run.data.tags["init"] == f"pretrained {backbone}_imagenet.pth"
     assert checkpoints == [["last.pt", "meta.json"]], checkpoints

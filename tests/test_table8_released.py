@@ -114,7 +114,8 @@ def test_evaluation_only_trial_evaluates_the_model_as_built(tmp_path):
     expected = evaluate(model, loader, torch.device("cpu"), False, record_gates=False)
     assert result["top1"] == expected["top1"] and result["top5"] == expected["top5"]
     (run,) = client.search_runs([client.get_experiment_by_name("evalonly").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.metrics["top1"] == pytest.approx(result["top1"], rel=1e-4)
+    shown = run.data.metrics["top1"]  # MLflow shows accuracies to 0.01 (reports.runs.readable)
+    assert run.info.status == "FINISHED" and shown == pytest.approx(result["top1"], abs=0.005)
     assert "train_loss" not in run.data.metrics and run.data.metrics["epochs"] == 0
 
 
