@@ -20,7 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from harness.spec import SpecError
-from reports.runs import MAX_PARAM_LEN, readable
+from reports.runs import MAX_PARAM_LEN, flatten, readable
 
 PROBE_TIMEOUT_S = 10  # an MLflow server answers in milliseconds; MLflow's own retries take minutes
 
@@ -224,21 +224,11 @@ def run_to_continue(client: MlflowClient, experiment: str, trial_hash: str, pare
         return None
     newest = client.search_runs([experiment], f"tags.trial_hash = '{trial_hash}' and tags.kind = 'trial'",
                                 order_by=["attributes.start_time DESC"], max_results=1)
-    if (newest and newest[0].info.status in ("KILLED", "FAILED") and newest[0].data.tags.get("measure_only") == measure_only
-            and not client.get_metric_history(newest[0].info.run_id, "train_loss")):
-        return newest[0].info.run_id
+    run = newest[0] if newest else None
+    if (run is not None and run.info.status in ("KILLED", "FAILED") and run.data.tags.get("measure_only") == measure_only
+            and not client.get_metric_history(run.info.run_id, "train_loss")):
+        return run.info.run_id
     return None
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in config.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 # MLflow's compare page plots the first metric the runs share, in the order they were first logged.

@@ -15,7 +15,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from reports.runs import MAX_PARAM_LEN, readable
+from reports.runs import MAX_PARAM_LEN, flatten, readable
 from reports.verdicts import tau_text
 
 
@@ -44,17 +44,10 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
 def grid_keys(spec) -> list[str]:
     """The config keys the spec's grid sets: its axes, then every key on which its trials differ
     (a variant's ``set``), in config order; seeds aside."""
-    configs = [_flat(t.config) for t in spec.trials]
+    configs = [flatten(t.config) for t in spec.trials]
     keys = dict.fromkeys(k for c in configs for k in c if k != "seed")
     varying = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
     return list(spec.axis_keys) + [k for k in varying if k not in spec.axis_keys]
-
-
-def _flat(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in config.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
-    return out
 
 
 def runs_view_state(spec, runs: int = 100) -> dict:

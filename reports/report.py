@@ -24,7 +24,7 @@ import pandas as pd
 from reports import figures
 from reports.render import (comparability, left_out, render_table, row_labels, shared_cpu, shown_table,
                             table_baseline, table_baselines)
-from reports.runs import run_url, runs_frame, runs_view_url, ui_base
+from reports.runs import flatten, run_url, runs_frame, runs_view_url, ui_base
 from reports.verdicts import claim_verdicts, judge, kendall_tau, order_text, tau_text
 
 # What makes two machines compute the same digits (harness.run_info.fingerprint): a run
@@ -55,7 +55,7 @@ def report_sweep(spec, client, runs: dict[str, Any], out_dir: str | Path, tracki
     table = render_table(spec, frame, out)
     verdicts = claim_verdicts(spec, frame, table)
     tau, tau_rows = kendall_tau(table)
-    params = [run.data.params for run in runs.values()] or [_flat(t.config) for t in spec.trials]
+    params = [run.data.params for run in runs.values()] or [flatten(t.config) for t in spec.trials]  # rows with no run yet
     classes = spec.trials[0].config["data"].get("num_classes") if spec.trials else None
     meta = {
         "name": spec.name, "description": spec.description, "profile": spec.profile, "mode": mode,
@@ -90,11 +90,6 @@ def _latest_sweep_run(client, exp) -> str | None:
     runs = client.search_runs([exp.experiment_id], "tags.kind = 'sweep'", order_by=["attributes.start_time DESC"],
                               max_results=1)
     return runs[0].info.run_id if runs else None
-
-
-def _flat(config: dict) -> dict:
-    """A trial's config as its run's params spell it (``model.backbone``): for rows with no run yet."""
-    return {f"{section}.{k}": v for section, keys in config.items() if isinstance(keys, dict) for k, v in keys.items()}
 
 
 def ran_text(params: list[dict]) -> str:

@@ -16,6 +16,18 @@ MAX_PARAM_LEN = 6000  # the longest param or tag value every MLflow store accept
 DEFAULT_UI = "http://127.0.0.1:5000"
 
 
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A trial's config as its run's params spell it: ``{"model": {"backbone": x}}`` -> ``{"model.backbone": x}``."""
+    out = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def readable(value: float, name: str = "") -> float:
     """``value`` as MLflow shows the metric ``name``: to the digits that carry information (whole
     numbers exact). Accuracies and claims' differences in points to 0.01; ratios over the
